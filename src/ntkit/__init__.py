@@ -1,0 +1,45 @@
+"""ntkit — the Neural Tangent Kernel toolkit for PyTorch.
+
+    import ntkit as nk
+    arch = nk.mlp(hidden_layers=3, width=512, activation="relu", w_std=1.0, b_std=0.1)
+    k = arch.kernel(x1, x2)                   # exact infinite-width NNGP and NTK, each (N1, N2)
+    net = arch.build(in_features=d, seed=0)   # the finite network, NTK parameterisation
+    K = nk.empirical_ntk(net, x1, x2)         # its finite-width NTK
+
+Conventions (Jacot, Gabriel & Hongler 2018): z = (w_std/√n) W a + b_std b with W, b ~ N(0, 1); Σ⁽⁰⁾ = x·x'/n0;
+``hidden_layers`` counts activations (Jacot's L = hidden_layers + 1); kernels are for one output (Θ ⊗ Id).
+"""
+
+from importlib import import_module
+
+from .kernels import Kernel
+from .layers import (Abs, Activation, Cos, Dense, Erf, GELU, Identity, Layer, LeakyReLU, ReLU, Serial, Sigmoid, Sin,
+                     Softplus, Tanh, mlp)
+
+__version__ = "0.1.0"
+
+# Heavier subsystems load on first use, so `import ntkit` stays fast.
+_LAZY = {
+    "empirical_ntk": "ntkit.empirical",
+    "empirical_nngp": "ntkit.empirical",
+    "GradientFlow": "ntkit.dynamics",
+    "kernel_gradient_descent": "ntkit.dynamics",
+    "ensemble_prediction": "ntkit.dynamics",
+    "linearize": "ntkit.dynamics",
+    "train": "ntkit.dynamics",
+    "spectrum": "ntkit.spectrum",
+    "data": "ntkit.data",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module = import_module(_LAZY[name])
+        value = module if module.__name__ == f"ntkit.{name}" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ntkit' has no attribute {name!r}")
+
+
+__all__ = ["Kernel", "Layer", "Serial", "Dense", "mlp", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin",
+           "Cos", "Identity", "Tanh", "Sigmoid", "Softplus", *_LAZY]

@@ -1,0 +1,112 @@
+r"""Closed-form dual kernels of activations.
+
+For pre-activations (u, v) ~ N(0, [[q1, c], [c, q2]]) the dual kernel of σ is the pair
+
+    K(c, q1, q2)    = E[σ(u) σ(v)]          (the NNGP step, Jacot et al. 2018, Prop. 1)
+    Kdot(c, q1, q2) = E[σ'(u) σ'(v)]        (the NTK step,  Jacot et al. 2018, Thm. 1)
+
+and by Price's theorem Kdot = ∂K/∂c. Every function here takes broadcastable tensors ``c, q1, q2`` and returns
+``(K, Kdot)``; ``Kdot`` is None when ``derivative`` is False so the NNGP-only path skips its cost. The functions are
+plain torch so that ``torch.compile`` can fuse a whole network's recursion into one elementwise pass.
+
+Correlations ρ = c / sqrt(q1 q2) are clamped to [-1, 1] (rounding can push them past it for duplicated points), and
+a zero variance (a zero input with no bias) gives ρ = 0, where every formula below is finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+
+_TWO_PI = 2.0 * math.pi
+
+
+def correlation(c: Tensor, q1: Tensor, q2: Tensor) -> tuple[Tensor, Tensor]:
+    """Return (ρ, sqrt(q1 q2)) with ρ clamped to [-1, 1] and ρ = 0 where a variance vanishes."""
+    norm = torch.sqrt(q1 * q2)
+    tiny = torch.finfo(norm.dtype).tiny
+    rho = (c / torch.clamp(norm, min=tiny)).clamp(-1.0, 1.0)
+    return rho, norm
+
+
+def rectified(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True):
+    r"""σ(u) = a·u for u > 0, b·u for u < 0 (ReLU: a=1, b=0; LeakyReLU(s): a=1, b=s; Abs: a=1, b=-1).
+
+    Writing θ = arccos ρ (Cho & Saul 2009, arc-cosine kernel of degree 1):
+
+        K    = sqrt(q1 q2) [ (a-b)²/(2π) (sin θ - θ cos θ) + (a² + b²)/2 · cos θ ]
+        Kdot = (a² + b²)/2 - (a-b)²/(2π) · θ
+
+    At ρ = 1 (θ = 0): K = (a² + b²)/2 · q, which is the variance E[σ(u)²].
+    """
+    rho, norm = correlation(c, q1, q2)
+    theta = torch.arccos(rho)
+    sin_theta = torch.sqrt(torch.clamp(1.0 - rho * rho, min=0.0))
+    mix = (a - b) ** 2 / _TWO_PI
+    even = (a * a + b * b) / 2.0
+    kdot = even - mix * theta
+    k = norm * (mix * sin_theta + kdot * rho)
+    return k, (kdot if derivative else None)
+
+
+def erf(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
+    r"""σ = erf (Williams 1997):
+
+        K    = (2/π) arcsin( 2c / sqrt((1 + 2 q1)(1 + 2 q2)) )
+        Kdot = (4/π) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 c²)
+    """
+    p = (1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)
+    arg = (2.0 * c / torch.sqrt(p)).clamp(-1.0, 1.0)
+    k = (2.0 / math.pi) * torch.arcsin(arg)
+    if not derivative:
+        return k, None
+    # p - 4c² >= 1 + 2(q1 + q2) - ... > 0 by Cauchy–Schwarz; the clamp only guards rounding.
+    kdot = (4.0 / math.pi) / torch.sqrt(torch.clamp(p - 4.0 * c * c, min=torch.finfo(p.dtype).tiny))
+    return k, kdot
+
+
+def gelu(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
+    r"""σ(u) = u Φ(u), the exact (erf) GELU. With P = (1 + q1)(1 + q2) and S = P - c² (> 0):
+
+        K    = c/4 + (1/2π) [ (q1 q2 S + c²) / (P sqrt(S)) + c · arctan(c / sqrt(S)) ]
+        Kdot = 1/4 + (1/2π) [ arctan(c / sqrt(S)) + c/sqrt(S) + c (2S - q1 q2 S + c²) / (P S^{3/2}) ]
+
+    K follows from Φ(u) = P(ξ ≤ u) with an independent ξ ~ N(0, 1) (Tsuchida et al. 2021 give the same form);
+    Kdot = ∂K/∂c by Price's theorem. Both are checked against quadrature in the tests.
+    """
+    p = (1.0 + q1) * (1.0 + q2)
+    s = torch.clamp(p - c * c, min=torch.finfo(p.dtype).tiny)
+    root = torch.sqrt(s)
+    atan = torch.arctan(c / root)
+    qq = q1 * q2
+    k = 0.25 * c + ((qq * s + c * c) / (p * root) + c * atan) / _TWO_PI
+    if not derivative:
+        return k, None
+    kdot = 0.25 + (atan + c / root + c * (2.0 * s - qq * s + c * c) / (p * s * root)) / _TWO_PI
+    return k, kdot
+
+
+def _exp_pair(c: Tensor, q1: Tensor, q2: Tensor) -> tuple[Tensor, Tensor]:
+    """(e^{c - (q1+q2)/2}, e^{-c - (q1+q2)/2}): both exponents are <= 0 since |c| <= (q1+q2)/2, so no overflow."""
+    half = 0.5 * (q1 + q2)
+    return torch.exp(c - half), torch.exp(-c - half)
+
+
+def sin(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
+    r"""σ = sin:  K = e^{-(q1+q2)/2} sinh(c),  Kdot = E[cos u cos v] = e^{-(q1+q2)/2} cosh(c)."""
+    plus, minus = _exp_pair(c, q1, q2)
+    return 0.5 * (plus - minus), (0.5 * (plus + minus) if derivative else None)
+
+
+def cos(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
+    r"""σ = cos:  K = e^{-(q1+q2)/2} cosh(c),  Kdot = E[sin u sin v] = e^{-(q1+q2)/2} sinh(c)."""
+    plus, minus = _exp_pair(c, q1, q2)
+    return 0.5 * (plus + minus), (0.5 * (plus - minus) if derivative else None)
+
+
+def identity(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
+    """σ(u) = u:  K = c,  Kdot = 1."""
+    return c, (torch.ones_like(c) if derivative else None)

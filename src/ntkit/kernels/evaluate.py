@@ -1,0 +1,124 @@
+"""Tiled evaluation of an architecture's kernel recursion over the N1×N2 grid.
+
+The recursion is elementwise after one Gram product, so the grid is cut into tiles: memory stays at the outputs
+plus a few tiles, each tile's temporaries stay small, and when x2 is x1 only the tiles on and above the diagonal
+are computed (the rest is mirrored). A tile's whole recursion can be fused into one ``torch.compile``-d pass.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from .kernel import Kernel, KernelState
+
+__all__ = ["evaluate_kernel", "FUSE_MIN_ENTRIES"]
+
+# Grids smaller than this run eagerly by default: compiling costs seconds once and saves little on small grids.
+FUSE_MIN_ENTRIES = 1 << 22
+# Budget for one tile's temporaries, in elements (2²⁴ float32 = 64 MiB).
+_TILE_BUDGET = 1 << 24
+_PROGRESS_MIN_TILES = 64
+
+
+def _run_layers(layers, need_ntk: bool, width: int, gram, var1, var2):
+    state = KernelState(nngp=gram, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=width,
+                        gaussian=False)
+    for layer in layers:
+        state = layer.kernel_rule(state, need_ntk)
+    return state.nngp, state.ntk
+
+
+def _default_tile(layers) -> int:
+    cost = max(layer.tile_cost for layer in layers) + 4
+    return max(64, min(1024, int(math.isqrt(_TILE_BUDGET // cost))))
+
+
+def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
+    """The per-tile function: eager, or compiled once per (architecture, get, width) and cached on it."""
+
+    def eager(gram, var1, var2):
+        return _run_layers(layers, need_ntk, width, gram, var1, var2)
+
+    if not fuse:
+        return eager
+    key = (need_ntk, width)
+    compiled = arch._fused_steps.get(key)
+    if compiled is None:
+        compiled = torch.compile(eager, dynamic=True, fullgraph=True)
+        arch._fused_steps[key] = compiled
+    return compiled
+
+
+def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tuple[str, ...],
+                    batch_size: int | None, fused: bool | None, progress: bool | None) -> Kernel:
+    """Evaluate ``arch``'s NNGP/NTK on validated (N, d) inputs. See ``Serial.kernel`` for the arguments."""
+    layers = arch.flatten()
+    symmetric = x2 is None
+    if symmetric:
+        x2 = x1
+    n1, n2, n0 = x1.shape[0], x2.shape[0], x1.shape[1]
+    need_ntk = "ntk" in get
+    if batch_size is None:
+        tile = _default_tile(layers)
+    else:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+        tile = batch_size
+    if fused is None:
+        fuse = arch.fusable and n1 * n2 >= FUSE_MIN_ENTRIES
+    else:
+        fuse = bool(fused)
+        if fuse and not arch.fusable:
+            raise ValueError("fused=True needs every layer to have a closed-form kernel rule; "
+                             f"{[repr(l) for l in layers if not l.fusable]} use quadrature (pass fused=None)")
+    step = _step_function(arch, layers, need_ntk, n0, fuse)
+
+    out_nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if "nngp" in get else None
+    out_ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if need_ntk else None
+    # Σ⁽⁰⁾ = x·x'/n0 (DESIGN conventions); its diagonal by the same formula on both sides.
+    sq1 = (x1 * x1).sum(1) / n0
+    sq2 = sq1 if symmetric else (x2 * x2).sum(1) / n0
+    tiles = [(i, j) for i in range(0, n1, tile) for j in range(i if symmetric else 0, n2, tile)]
+    show = progress if progress is not None else len(tiles) >= _PROGRESS_MIN_TILES
+    bar = tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False)
+    for i, j in bar:
+        rows, cols = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
+        gram = (x1[rows] @ x2[cols].T) / n0
+        if symmetric and i == j:
+            gram.diagonal().copy_(sq1[rows])  # exactly |x|²/n0, so a point's self-correlation is exactly 1
+        try:
+            nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
+        except Exception as err:  # torch.compile unavailable here (no compiler, unsupported backend)
+            if not fuse or fused:
+                raise
+            warnings.warn(f"ntkit: fused kernel evaluation failed ({type(err).__name__}: {err}); "
+                          "falling back to eager torch", RuntimeWarning, stacklevel=3)
+            fuse = False
+            step = _step_function(arch, layers, need_ntk, n0, False)
+            nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
+        for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
+            if out is None:
+                continue
+            out[rows, cols] = value
+            if symmetric and i != j:
+                out[cols, rows] = value.T
+    if symmetric:
+        _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile)
+    return Kernel(nngp=out_nngp, ntk=out_ntk)
+
+
+def _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile: int) -> None:
+    """Make diagonal tiles exactly symmetric: their two halves were computed separately and can differ in the
+    last bit (the Gram product's summation order is not symmetric)."""
+    for out in (out_nngp, out_ntk):
+        if out is None:
+            continue
+        n = out.shape[0]
+        for i in range(0, n, tile):
+            block = out[i:i + tile, i:i + tile]
+            upper = torch.triu(block, 1)
+            block.copy_(upper + upper.T + torch.diag_embed(block.diagonal()))

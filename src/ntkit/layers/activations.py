@@ -1,0 +1,273 @@
+r"""Elementwise activations: the finite module and the dual kernel, side by side.
+
+An activation's kernel rule (Jacot et al. 2018, Prop. 1 and Thm. 1) maps the Gaussian pre-activation covariance
+Σ on {x, x'} to
+
+    K = E[σ(u)σ(v)],     Θ ← Θ · E[σ'(u)σ'(v)],     (u, v) ~ N(0, [[Σ(x,x), Σ(x,x')], [Σ(x,x'), Σ(x',x')]]),
+
+and the diagonal variances to E[σ(u)²] by a 1-D rule. ``nk.Activation(fn)`` does this for any σ by Gauss–Hermite
+quadrature; the named subclasses use closed forms from :mod:`ntkit.kernels.dual`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validation import check_positive_int
+from ..kernels import dual as duals
+from ..kernels.kernel import KernelState
+from ..kernels.quadrature import derivative_by_autograd, dual_by_quadrature, variance_by_quadrature
+from .base import Layer
+
+__all__ = ["Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin", "Cos", "Identity", "Tanh", "Sigmoid",
+           "Softplus", "ElementwiseModule", "activation_from_name", "ACTIVATION_NAMES"]
+
+
+class ElementwiseModule(nn.Module):
+    """``nn.Module`` applying an elementwise function (for σ that torch.nn has no module for)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str):
+        super().__init__()
+        self.fn = fn
+        self.name = name
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.fn(u)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class Activation(Layer):
+    """Any elementwise activation σ, with its kernel by 2-D Gauss–Hermite quadrature.
+
+    Args:
+        fn: elementwise torch function σ.
+        derivative: σ' (default: autograd of ``fn``).
+        degree: quadrature points per dimension; the rule is exact for polynomial σσ of degree < 2·degree,
+            and the cost is degree² evaluations per kernel entry.
+        name: shown in reprs and error messages.
+    """
+
+    fusable = False  # the quadrature loop is not an elementwise expression torch.compile should unroll
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], derivative: Callable | None = None, *,
+                 degree: int = 32, name: str | None = None):
+        if not callable(fn):
+            raise TypeError(f"fn must be a callable elementwise function; got {type(fn).__name__}")
+        if derivative is not None and not callable(derivative):
+            raise TypeError(f"derivative must be callable or None; got {type(derivative).__name__}")
+        self.fn = fn
+        self.derivative = derivative if derivative is not None else derivative_by_autograd(fn)
+        self.degree = check_positive_int(degree, "degree")
+        self.name = name or getattr(fn, "__name__", "Activation")
+
+    @property
+    def tile_cost(self) -> int:  # type: ignore[override]
+        return self.degree + 6
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name}, degree={self.degree})"
+
+    def module(self) -> nn.Module:
+        return ElementwiseModule(self.fn, self.name)
+
+    def build_module(self, in_features, generator, dtype, device):
+        return self.module(), in_features
+
+    def dual(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, derivative: bool = True):
+        """(E[σ(u)σ(v)], E[σ'(u)σ'(v)] or None) for (u, v) ~ N(0, [[q1, c], [c, q2]])."""
+        return dual_by_quadrature(self.fn, self.derivative, c, q1, q2, self.degree, derivative)
+
+    def variance(self, q: torch.Tensor) -> torch.Tensor:
+        """E[σ(u)²] for u ~ N(0, q)."""
+        return variance_by_quadrature(self.fn, q, self.degree)
+
+    def check_order(self, width, gaussian, position):
+        if not gaussian:
+            where = "at the start of the network" if position == 0 else "right after another activation"
+            raise ValueError(
+                f"layer {position} ({self!r}) is {where}: an activation's kernel rule needs Gaussian "
+                f"pre-activations, so it must follow a Dense layer")
+        return width, False
+
+    def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
+        k, kdot = self.dual(state.nngp, state.var1, state.var2, derivative=need_ntk)
+        return state.replace(nngp=k, ntk=state.ntk * kdot if need_ntk else None,
+                             var1=self.variance(state.var1), var2=self.variance(state.var2), gaussian=False)
+
+
+class _ClosedForm(Activation):
+    """An activation whose dual kernel has a closed form; subclasses set ``_fn`` and implement ``dual``."""
+
+    fusable = True
+    tile_cost = 8
+
+    def __init__(self, fn, name: str, degree: int = 32):
+        super().__init__(fn, degree=degree, name=name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def variance(self, q):
+        # The 2-D rule at ρ = 1: bitwise the same arithmetic as the diagonal of the grid, so that Σ(x, x) and
+        # the propagated variance agree exactly and correlations of a point with itself stay exactly 1.
+        return self.dual(q, q, q, derivative=False)[0]
+
+    def quadrature_dual(self, c, q1, q2, derivative: bool = True):
+        """The same expectations by quadrature (what the closed form is tested against)."""
+        return Activation.dual(self, c, q1, q2, derivative)
+
+
+class ReLU(_ClosedForm):
+    """σ(u) = max(u, 0); arc-cosine kernel of degree 1 (Cho & Saul 2009)."""
+
+    def __init__(self):
+        super().__init__(torch.relu, "relu")
+
+    def module(self):
+        return nn.ReLU()
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.rectified(c, q1, q2, 1.0, 0.0, derivative)
+
+
+class LeakyReLU(_ClosedForm):
+    """σ(u) = max(u, 0) + s·min(u, 0) with s = ``negative_slope``."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+            raise TypeError(f"negative_slope must be a real number; got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+        slope = self.negative_slope
+        super().__init__(lambda u: F.leaky_relu(u, slope), "leaky_relu")
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU({self.negative_slope:g})"
+
+    def module(self):
+        return nn.LeakyReLU(self.negative_slope)
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.rectified(c, q1, q2, 1.0, self.negative_slope, derivative)
+
+
+class Abs(_ClosedForm):
+    """σ(u) = |u|."""
+
+    def __init__(self):
+        super().__init__(torch.abs, "abs")
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.rectified(c, q1, q2, 1.0, -1.0, derivative)
+
+
+class Erf(_ClosedForm):
+    """σ = erf; arcsine kernel (Williams 1997)."""
+
+    def __init__(self):
+        super().__init__(torch.erf, "erf")
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.erf(c, q1, q2, derivative)
+
+
+class GELU(_ClosedForm):
+    """σ(u) = u Φ(u), the exact (erf) GELU, as ``nn.GELU(approximate='none')``."""
+
+    def __init__(self):
+        super().__init__(F.gelu, "gelu")
+
+    def module(self):
+        return nn.GELU()
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.gelu(c, q1, q2, derivative)
+
+
+class Sin(_ClosedForm):
+    """σ = sin."""
+
+    def __init__(self):
+        super().__init__(torch.sin, "sin")
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.sin(c, q1, q2, derivative)
+
+
+class Cos(_ClosedForm):
+    """σ = cos."""
+
+    def __init__(self):
+        super().__init__(torch.cos, "cos")
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.cos(c, q1, q2, derivative)
+
+
+class Identity(_ClosedForm):
+    """σ(u) = u (a deep linear network)."""
+
+    def __init__(self):
+        super().__init__(lambda u: u, "identity")
+
+    def module(self):
+        return nn.Identity()
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.identity(c, q1, q2, derivative)
+
+
+class Tanh(Activation):
+    """σ = tanh, by quadrature (no closed form), with σ' = 1 - tanh²."""
+
+    def __init__(self, degree: int = 32):
+        super().__init__(torch.tanh, lambda u: 1.0 - torch.tanh(u) ** 2, degree=degree, name="tanh")
+
+    def module(self):
+        return nn.Tanh()
+
+
+class Sigmoid(Activation):
+    """σ = logistic sigmoid, by quadrature, with σ' = s(1 - s)."""
+
+    def __init__(self, degree: int = 32):
+        super().__init__(torch.sigmoid, lambda u: torch.sigmoid(u) * torch.sigmoid(-u), degree=degree,
+                         name="sigmoid")
+
+    def module(self):
+        return nn.Sigmoid()
+
+
+class Softplus(Activation):
+    """σ(u) = log(1 + eᵘ), by quadrature, with σ' = sigmoid."""
+
+    def __init__(self, degree: int = 32):
+        super().__init__(F.softplus, torch.sigmoid, degree=degree, name="softplus")
+
+    def module(self):
+        return nn.Softplus()
+
+
+_BY_NAME = {
+    "relu": ReLU, "leaky_relu": LeakyReLU, "abs": Abs, "erf": Erf, "gelu": GELU, "sin": Sin, "cos": Cos,
+    "identity": Identity, "linear": Identity, "tanh": Tanh, "sigmoid": Sigmoid, "softplus": Softplus,
+}
+ACTIVATION_NAMES = tuple(_BY_NAME)
+
+
+def activation_from_name(activation: str | Activation) -> Activation:
+    """An activation instance from a name such as "relu" (case-insensitive) or an instance itself."""
+    if isinstance(activation, Activation):
+        return activation
+    if isinstance(activation, str):
+        key = activation.lower().replace("-", "_")
+        if key in _BY_NAME:
+            return _BY_NAME[key]()
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATION_NAMES)} "
+                         f"or pass nk.Activation(fn)")
+    raise TypeError(f"activation must be a name or an nk activation instance; got {type(activation).__name__}")
