@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.special import roots_hermitenorm
 
 from .dual import correlation
 
@@ -26,7 +27,10 @@ Elementwise = Callable[[Tensor], Tensor]
 
 @lru_cache(maxsize=32)
 def _hermite_nodes(degree: int) -> tuple[np.ndarray, np.ndarray]:
-    nodes, weights = np.polynomial.hermite_e.hermegauss(degree)
+    # scipy's Golub–Welsch nodes stay finite at any degree (numpy's hermegauss overflows past ~300).
+    nodes, weights = roots_hermitenorm(degree)
+    if not (np.isfinite(nodes).all() and np.isfinite(weights).all()):
+        raise ValueError(f"Gauss–Hermite rule of degree {degree} is not representable; use a smaller degree")
     return nodes, weights / weights.sum()
 
 

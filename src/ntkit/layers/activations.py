@@ -56,7 +56,7 @@ class Activation(Layer):
     fusable = False  # the quadrature loop is not an elementwise expression torch.compile should unroll
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], derivative: Callable | None = None, *,
-                 degree: int = 32, name: str | None = None):
+                 degree: int = 64, name: str | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be a callable elementwise function; got {type(fn).__name__}")
         if derivative is not None and not callable(derivative):
@@ -107,7 +107,7 @@ class _ClosedForm(Activation):
     fusable = True
     tile_cost = 8
 
-    def __init__(self, fn, name: str, degree: int = 32):
+    def __init__(self, fn, name: str, degree: int = 64):
         super().__init__(fn, degree=degree, name=name)
 
     def __repr__(self) -> str:
@@ -225,7 +225,7 @@ class Identity(_ClosedForm):
 class Tanh(Activation):
     """σ = tanh, by quadrature (no closed form), with σ' = 1 - tanh²."""
 
-    def __init__(self, degree: int = 32):
+    def __init__(self, degree: int = 64):
         super().__init__(torch.tanh, lambda u: 1.0 - torch.tanh(u) ** 2, degree=degree, name="tanh")
 
     def module(self):
@@ -235,7 +235,7 @@ class Tanh(Activation):
 class Sigmoid(Activation):
     """σ = logistic sigmoid, by quadrature, with σ' = s(1 - s)."""
 
-    def __init__(self, degree: int = 32):
+    def __init__(self, degree: int = 64):
         super().__init__(torch.sigmoid, lambda u: torch.sigmoid(u) * torch.sigmoid(-u), degree=degree,
                          name="sigmoid")
 
@@ -246,7 +246,7 @@ class Sigmoid(Activation):
 class Softplus(Activation):
     """σ(u) = log(1 + eᵘ), by quadrature, with σ' = sigmoid."""
 
-    def __init__(self, degree: int = 32):
+    def __init__(self, degree: int = 64):
         super().__init__(F.softplus, torch.sigmoid, degree=degree, name="softplus")
 
     def module(self):
