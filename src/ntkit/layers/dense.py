@@ -79,8 +79,9 @@ class Dense(Layer):
         return f"Dense({self.out_features}, w_std={self.w_std:g}, b_std={self.b_std:g}{extra})"
 
     def build_module(self, in_features, generator, dtype, device):
-        weight = torch.randn(self.out_features, in_features, generator=generator, dtype=dtype)
-        bias = torch.randn(self.out_features, generator=generator, dtype=dtype)
+        # Drawn in float64 on the CPU, then cast and moved: one seed gives the same network in every dtype/device.
+        weight = torch.randn(self.out_features, in_features, generator=generator, dtype=torch.float64)
+        bias = torch.randn(self.out_features, generator=generator, dtype=torch.float64)
         if self.parameterization == "ntk":
             weight_scale, bias_scale = self.w_std / math.sqrt(in_features), self.b_std
         else:
@@ -88,7 +89,7 @@ class Dense(Layer):
             bias.mul_(self.b_std)
             weight_scale, bias_scale = 1.0, 1.0
         module = DenseModule(in_features, self.out_features, weight_scale, bias_scale,
-                             weight.to(device), bias.to(device))
+                             weight.to(device=device, dtype=dtype), bias.to(device=device, dtype=dtype))
         return module, self.out_features
 
     def check_order(self, width, gaussian, position):

@@ -1,0 +1,147 @@
+"""Bad input gets a clear error naming the argument (issue 2, point 5): one test per case."""
+
+import numpy as np
+import pytest
+import torch
+
+import ntkit as nk
+
+ARCH = nk.mlp(2, 16, activation="relu")
+X = torch.randn(4, 3)
+
+
+def test_wrong_ndim():
+    with pytest.raises(ValueError, match=r"x1 must have shape \(N, d\); got a 1-D"):
+        ARCH.kernel(torch.randn(5))
+    with pytest.raises(ValueError, match=r"x2 must have shape \(N, d\); got a 3-D"):
+        ARCH.kernel(X, torch.randn(2, 3, 1))
+
+
+def test_feature_mismatch_between_x1_and_x2():
+    with pytest.raises(ValueError, match="x1 and x2 must have the same feature shape"):
+        ARCH.kernel(X, torch.randn(2, 4))
+
+
+def test_feature_mismatch_with_the_description():
+    arch = nk.mlp(1, 8, in_features=5)
+    with pytest.raises(ValueError, match="x1 has 3 features but the architecture expects in_features=5"):
+        arch.kernel(X)
+    with pytest.raises(ValueError, match="contradicts the description's in_features=5"):
+        arch.build(3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs(bad):
+    x = X.clone()
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match=r"x1 contains 1 non-finite value\(s\).*index \(2, 1\)"):
+        ARCH.kernel(x)
+    with pytest.raises(ValueError, match="x2 contains"):
+        ARCH.kernel(X, x)
+
+
+def test_empty_inputs():
+    with pytest.raises(ValueError, match="x1 is empty"):
+        ARCH.kernel(torch.empty(0, 3))
+    with pytest.raises(ValueError, match="x2 is empty"):
+        ARCH.kernel(X, torch.empty(0, 3))
+    with pytest.raises(ValueError, match="x1 has no features"):
+        ARCH.kernel(torch.empty(2, 0))
+
+
+@pytest.mark.parametrize("x", [torch.ones(3, 2, dtype=torch.int64), np.ones((3, 2), dtype=np.int32),
+                               torch.ones(3, 2, dtype=torch.bool)])
+def test_integer_and_bool_dtypes(x):
+    with pytest.raises(TypeError, match="x1 has dtype .*expected a floating dtype"):
+        ARCH.kernel(x)
+
+
+def test_complex_dtype():
+    with pytest.raises(TypeError, match="x1 has complex dtype"):
+        ARCH.kernel(torch.ones(3, 2, dtype=torch.complex64))
+
+
+def test_not_a_tensor():
+    with pytest.raises(TypeError, match="x1 must be a torch.Tensor or numpy array"):
+        ARCH.kernel("abc")
+
+
+@pytest.mark.parametrize("width", [0, -3])
+def test_width_must_be_positive(width):
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        nk.mlp(2, width)
+    with pytest.raises(ValueError, match="out_features must be a positive integer"):
+        nk.Dense(width)
+
+
+def test_width_must_be_an_integer():
+    with pytest.raises(TypeError, match="width must be a positive integer; got 2.5"):
+        nk.mlp(2, 2.5)
+
+
+@pytest.mark.parametrize("name", ["w_std", "b_std"])
+def test_negative_std(name):
+    with pytest.raises(ValueError, match=f"{name} must be a finite non-negative number; got -0.1"):
+        nk.Dense(4, **{name: -0.1})
+    with pytest.raises(ValueError, match=f"{name} must be a finite non-negative number"):
+        nk.mlp(1, 4, **{name: float("nan")})
+
+
+def test_unknown_activation_name():
+    with pytest.raises(ValueError, match="unknown activation 'rellu'; choose one of relu, "):
+        nk.mlp(2, 8, activation="rellu")
+
+
+def test_unknown_parameterization():
+    with pytest.raises(ValueError, match="parameterization must be one of"):
+        nk.Dense(3, parameterization="mup")
+
+
+def test_negative_hidden_layers():
+    with pytest.raises(ValueError, match="hidden_layers must be a non-negative integer"):
+        nk.mlp(-1, 8)
+
+
+def test_layer_order_the_kernel_cannot_follow():
+    twice = nk.Serial(nk.Dense(8), nk.ReLU(), nk.Erf(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"layer 2 \(Erf\(\)\) is right after another activation"):
+        twice.kernel(X)
+    first = nk.Serial(nk.ReLU(), nk.Dense(1))
+    with pytest.raises(ValueError, match="at the start of the network"):
+        first.kernel(X)
+    first.build(3)  # the finite network itself is fine; only its kernel is undefined
+
+
+def test_serial_needs_layers():
+    with pytest.raises(ValueError, match="at least one layer"):
+        nk.Serial()
+    with pytest.raises(TypeError, match="layer 1 must be an ntkit layer"):
+        nk.Serial(nk.Dense(2), torch.nn.ReLU())
+
+
+@pytest.mark.parametrize("get", ["ntkk", (), ("nngp", "cov")])
+def test_bad_get(get):
+    with pytest.raises(ValueError, match="get must name 'nngp' and/or 'ntk'"):
+        ARCH.kernel(X, get=get)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0])
+def test_bad_batch_size(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        ARCH.kernel(X, batch_size=batch_size)
+
+
+def test_build_arguments():
+    with pytest.raises(ValueError, match="build needs in_features"):
+        ARCH.build()
+    with pytest.raises(TypeError, match="seed must be an int"):
+        ARCH.build(3, seed=1.5)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+        ARCH.build(3, dtype=torch.int32)
+
+
+def test_activation_needs_a_callable():
+    with pytest.raises(TypeError, match="fn must be a callable"):
+        nk.Activation(3.0)
+    with pytest.raises(ValueError, match="degree must be a positive integer"):
+        nk.Activation(torch.tanh, degree=0)
