@@ -31,14 +31,24 @@ ACTIVATIONS = [nk.ReLU(), nk.LeakyReLU(0.2), nk.Abs(), nk.Erf(), nk.GELU(), nk.S
                nk.Activation(lambda u: u * torch.exp(-0.5 * u * u), name="u·exp(-u²/2)")]
 
 
+def _jacobians(net):
+    """Per-parameter Jacobians of the single output at the points X, by autograd on the built module."""
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    return vmap(jacrev(lambda p, x: functional_call(net, p, (x[None],))[0, 0]), (None, 0))(params, X)
+
+
+def _empirical_ntk(net):
+    flat = torch.cat([j.reshape(len(X), -1) for j in _jacobians(net).values()], 1)
+    return flat @ flat.T
+
+
 def _per_unit_samples(arch, seed):
     """(n, N, N) per-unit NNGP and NTK contributions of one built network, and the readout-bias NTK term."""
     net = arch.build(X.shape[1], seed=seed, dtype=DTYPE)
     dense1, act, dense2 = net
     hidden = act(dense1(X))  # (N, n)
     nngp_units = (W_STD ** 2 / WIDTH) * hidden.T[:, :, None] * hidden.T[:, None, :] + (B_STD ** 2) / WIDTH
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    jac = vmap(jacrev(lambda p, x: functional_call(net, p, (x[None],))[0, 0]), (None, 0))(params, X)
+    jac = _jacobians(net)
     # Group every parameter's Jacobian by hidden unit k: W1 row k, b1_k and W2 column k belong to unit k.
     per_unit = torch.cat([jac["0.weight"], jac["0.bias"][..., None], jac["2.weight"][:, 0, :, None]], -1)  # (N, n, .)
     ntk_units = torch.einsum("akp,bkp->kab", per_unit, per_unit)
@@ -76,11 +86,7 @@ def test_standard_parameterisation_ntk_matches_monte_carlo():
     exact = arch.kernel(X).ntk
     samples = []
     for seed in range(SEEDS):
-        net = arch.build(X.shape[1], seed=seed, dtype=DTYPE)
-        params = dict(net.named_parameters())
-        jac = vmap(jacrev(lambda p, x: functional_call(net, p, (x[None],))[0, 0]), (None, 0))(params, X)
-        flat = torch.cat([j.reshape(len(X), -1) for j in jac.values()], 1)
-        samples.append(flat @ flat.T)
+        samples.append(_empirical_ntk(arch.build(X.shape[1], seed=seed, dtype=DTYPE)))
     samples = torch.stack(samples)
     # The NTK grows like n here (it does not converge); per seed it is a sum over n units, so its relative
     # fluctuation is O(n^-1/2) and across seeds the SE comes from 12 i.i.d. networks: 5 SE again.
@@ -102,10 +108,7 @@ def test_two_hidden_layers_match_monte_carlo(act):
     ntks, nngps = [], []
     for seed in range(seeds):
         net = arch.build(X.shape[1], seed=seed, dtype=DTYPE)
-        params = dict(net.named_parameters())
-        jac = vmap(jacrev(lambda p, x: functional_call(net, p, (x[None],))[0, 0]), (None, 0))(params, X)
-        flat = torch.cat([j.reshape(len(X), -1) for j in jac.values()], 1)
-        ntks.append(flat @ flat.T)
+        ntks.append(_empirical_ntk(net))
         hidden = net[:4](X)
         nngps.append(W_STD ** 2 * hidden @ hidden.T / width + B_STD ** 2)
     for samples, target in ((torch.stack(nngps), exact.nngp), (torch.stack(ntks), exact.ntk)):
