@@ -145,3 +145,9 @@ def test_activation_needs_a_callable():
         nk.Activation(3.0)
     with pytest.raises(ValueError, match="degree must be a positive integer"):
         nk.Activation(torch.tanh, degree=0)
+
+
+def test_request_too_big_for_memory_is_refused_with_an_estimate():
+    x = torch.zeros(1, 3).expand(3_000_000, 3)  # 3e6² outputs = 36 TB of float32: refused before allocating
+    with pytest.raises(MemoryError, match=r"needs about [0-9.]+ GiB but only .* free"):
+        ARCH.kernel(x)

@@ -13,6 +13,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from .._memory import check_fits
 from .kernel import Kernel, KernelState
 
 __all__ = ["evaluate_kernel", "FUSE_MIN_ENTRIES"]
@@ -83,6 +84,9 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
         tile = batch_size
     step = _step_function(arch, layers, need_ntk, n0, fuse)
 
+    per_tile = (max(layer.tile_cost for layer in layers) + 4) * min(tile, n1) * min(tile, n2)
+    check_fits((len(get) * n1 * n2 + per_tile) * x1.element_size(), x1.device, f"the ({n1}, {n2}) kernel(s) {get}",
+               "Ask for one kernel (get='ntk'), or compute blocks of rows of x1 in turn.")
     out_nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if "nngp" in get else None
     out_ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if need_ntk else None
     # Σ⁽⁰⁾ = x·x'/n0 (DESIGN conventions); its diagonal by the same formula on both sides.
