@@ -45,7 +45,10 @@ class GradientFlow:
         learning_rate: η > 0.
         diag_reg: ridge added to the train-train kernel, scaled by its mean diagonal:
             Θ ← Θ + diag_reg · (tr Θ / N) · I (relative, so the same value suits kernels of any scale; the
-            absolute amount is ``.regularization``). The test-train kernel is not changed.
+            absolute amount is ``.regularization``). The test-train kernel is not changed, so at t = ∞
+            ``test_outputs`` is kernel ridge regression Θ(x*, X)(Θ + rI)⁻¹ y (for f_0 = 0). ``train_outputs`` follow
+            the regularised ODE itself, which still drives its own training residual to zero; the ridge fit on
+            the training points is ``test_outputs(t, Θ(X, X))``.
 
     Times ``t`` may be a float, ``math.inf`` or a 1-D tensor of T times; a tensor gives results with a leading T
     axis. Results have the dtype promoted from the inputs and live on the kernel's device.
