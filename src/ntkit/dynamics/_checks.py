@@ -18,7 +18,9 @@ __all__ = ["as_targets", "as_cross_kernel", "as_outputs", "as_times", "check_lea
 
 def as_targets(y, n: int, name: str = "y_train") -> tuple[torch.Tensor, bool]:
     """Targets as an (N, O) tensor and whether they were given as (N,) (so results drop the O axis)."""
-    t = as_input_tensor(y, name, ndim=(1, 2))
+    t = as_input_tensor(y, name)
+    if t.ndim > 2:
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, O); got {tuple(t.shape)}")
     if t.shape[0] != n:
         raise ValueError(f"{name} has {t.shape[0]} rows but the train-train kernel is {n}x{n}; "
                          f"expected {name} of shape ({n},) or ({n}, O)")
@@ -36,12 +38,12 @@ def as_cross_kernel(kernel, n: int, name: str) -> torch.Tensor:
 
 def as_outputs(f, rows: int, outputs: int, name: str) -> torch.Tensor:
     """Initial outputs f_0 of shape (rows,) (when outputs == 1) or (rows, outputs), returned as (rows, outputs)."""
-    t = as_input_tensor(f, name, ndim=(1, 2))
+    t = as_input_tensor(f, name)
     if t.ndim == 1:
         t = t[:, None]
     if tuple(t.shape) != (rows, outputs):
         raise ValueError(f"{name} must have shape ({rows}, {outputs})" + (f" or ({rows},)" if outputs == 1 else "")
-                         + f"; got {tuple(t.shape[:1]) if t.shape[1] == 1 else tuple(t.shape)}")
+                         + f"; got {tuple(t.shape)}")
     return t
 
 

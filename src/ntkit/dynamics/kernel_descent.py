@@ -21,6 +21,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from ..spectrum import as_symmetric_kernel
+from .._validation import check_finite
 from ._checks import as_cross_kernel, as_outputs, as_times, check_learning_rate, finite_or_raise
 
 __all__ = ["kernel_gradient_descent", "KernelDescentResult", "COSTS", "mse_cost", "cross_entropy_cost",
@@ -61,29 +62,34 @@ class KernelDescentResult:
     n_evaluations: int
 
 
-def _targets_and_outputs(y_train, n: int, cost_name: str | None, f0_train):
-    """(y as a float64-able tensor in the shape the cost sees, number of outputs O, drop-the-O-axis flag)."""
-    y = torch.as_tensor(y_train) if not isinstance(y_train, torch.Tensor) else y_train
+def _targets_and_outputs(y_train, n: int, cost_name: str | None, f0_train, name: str = "y_train",
+                         against: str = "the {n}x{n} train-train kernel"):
+    """(y as a float64 (N, O) tensor, number of outputs O, drop-the-O-axis flag), checking y against N."""
+    if not isinstance(y_train, (torch.Tensor, np.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a tensor or array of targets; got {type(y_train).__name__}")
+    y = y_train if isinstance(y_train, torch.Tensor) else torch.as_tensor(np.asarray(y_train))
     if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"y_train must have shape ({n},) or ({n}, O) to match the {n}x{n} train-train kernel; "
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, O) to match {against.format(n=n)}; "
                          f"got {tuple(y.shape)}")
     f0_columns = None
     if f0_train is not None:
         f0 = torch.as_tensor(f0_train)
         f0_columns = 1 if f0.ndim == 1 else f0.shape[-1]
+    if y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} must hold real numbers or integer class labels; got dtype {y.dtype}")
     if not y.is_floating_point():
         if cost_name != "cross_entropy" or y.ndim != 1:
-            raise TypeError("integer y_train is only understood as class labels (N,) for cost='cross_entropy'; "
+            raise TypeError(f"integer {name} is only understood as class labels (N,) for cost='cross_entropy'; "
                             f"got dtype {y.dtype} and shape {tuple(y.shape)}")
         classes = f0_columns if f0_columns is not None else int(y.max()) + 1
         if int(y.min()) < 0 or int(y.max()) >= classes:
-            raise ValueError(f"class labels in y_train must lie in [0, {classes}); got [{int(y.min())}, "
+            raise ValueError(f"class labels in {name} must lie in [0, {classes}); got [{int(y.min())}, "
                              f"{int(y.max())}]")
         return torch.nn.functional.one_hot(y.long(), classes).to(torch.float64), classes, False
-    finite_or_raise(y, "y_train", "targets must be finite")
+    check_finite(y, name)
     y2 = y[:, None] if y.ndim == 1 else y
     if cost_name == "cross_entropy" and y2.shape[1] < 2:
-        raise ValueError("cost='cross_entropy' needs O >= 2 logits (y_train as (N, O) probabilities or integer "
+        raise ValueError(f"cost='cross_entropy' needs O >= 2 logits ({name} as (N, O) probabilities or integer "
                          "labels); for one logit and binary targets use cost='logistic'")
     return y2.to(torch.float64), y2.shape[1], y.ndim == 1
 

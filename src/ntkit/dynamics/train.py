@@ -114,7 +114,8 @@ def train(model: nn.Module, x, y, *, steps: int, learning_rate: float, cost: str
     if out0.ndim not in (1, 2) or out0.shape[0] != n:
         raise ValueError(f"model(x) must return (N,) or (N, O) outputs with N = {n}; got {tuple(out0.shape)}")
     model_outputs = 1 if out0.ndim == 1 else out0.shape[1]
-    y_internal, o, squeeze = _targets_and_outputs(y, n, cost_name, torch.empty(n, model_outputs))
+    y_internal, o, squeeze = _targets_and_outputs(y, n, cost_name, torch.empty(n, model_outputs), name="y",
+                                                  against=f"the {n} points of x")
     if o != model_outputs:
         raise ValueError(f"y has {o} output column(s) but model(x) returns {model_outputs}")
     y_internal = y_internal.to(device=x.device, dtype=out0.dtype)
