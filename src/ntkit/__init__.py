@@ -27,6 +27,10 @@ _LAZY = {
     "ensemble_prediction": "ntkit.dynamics",
     "linearize": "ntkit.dynamics",
     "train": "ntkit.dynamics",
+    "nngp_features": "ntkit.dynamics",
+    "ntk_features": "ntkit.dynamics",
+    "random_features_kernel": "ntkit.dynamics",
+    "RandomFeatureModel": "ntkit.dynamics",
     "spectrum": "ntkit.spectrum",
     "data": "ntkit.data",
 }

@@ -47,7 +47,10 @@ def jacobian_matrix(model, x):
 
 
 def reference_ntk(model, x1, x2=None, output="trace"):
-    """Empirical NTK by explicit Jacobian contraction: "trace" (N1, N2) summed over outputs, or "full" (N1, N2, O, O)."""
+    """Empirical NTK by explicit Jacobian contraction.
+
+    output="trace": (N1, N2), summed over the outputs; output="full": (N1, N2, O, O).
+    """
     j1 = jacobian_matrix(model, x1)
     j2 = j1 if x2 is None else jacobian_matrix(model, x2)
     full = torch.einsum("aop,bqp->aboq", j1, j2)

@@ -143,7 +143,8 @@ def test_feature_errors():
         nngp_features(nk.Dense(1), x, 4, source="last_hidden")
     with pytest.raises(ValueError, match="pass output="):
         ntk_features(nk.mlp(1, 8, out_features=2).build(D, dtype=DTYPE), x)
-    assert ntk_features(nk.mlp(1, 8, out_features=2).build(D, dtype=DTYPE), x, output=1).shape == (N + M, 8 * D + 8 + 2 * 8 + 2)
+    two_outputs = nk.mlp(1, 8, out_features=2).build(D, dtype=DTYPE)
+    assert ntk_features(two_outputs, x, output=1).shape == (N + M, 8 * D + 8 + 2 * 8 + 2)  # all parameters
     with pytest.raises(ValueError, match="features1 has 3 features but features2 has 4"):
         random_features_kernel(torch.ones(2, 3), torch.ones(2, 4))
     with pytest.raises(ValueError, match=r"expects features of shape \(N, 5\)"):

@@ -54,7 +54,8 @@ def _last_hidden_features(arch: Serial, x: torch.Tensor, n_features: int, seed: 
     layers = arch.flatten()
     readout = layers[-1]
     if not isinstance(readout, Dense):
-        raise ValueError(f"source='last_hidden' needs an architecture that ends with nk.Dense; it ends with {readout!r}")
+        raise ValueError(f"source='last_hidden' needs an architecture that ends with nk.Dense; it ends with "
+                         f"{readout!r}")
     hidden = [i for i, layer in enumerate(layers[:-1]) if isinstance(layer, Dense)]
     if not hidden:
         raise ValueError("source='last_hidden' needs a hidden nk.Dense layer before the readout (whose width is set "

@@ -2,8 +2,8 @@ r"""Full-batch gradient descent on a real network, recording its outputs (and it
 
 Jacot's cost (Jacot, Gabriel & Hongler 2018, §3): C(θ) = (1/N) Σ_j c(f(x_j; θ), y_j) over the N training points,
 for MSE c = ½‖f − y‖², i.e. C = ½ E_{p_in}‖f − y‖². One step is θ ← θ − η ∇_θ C, and to first order in η the
-outputs move by −(η/N) Σ_j Θ_θ(x, x_j) ∂c/∂f(x_j): step k is time t = k of ∂_t f(x) = −(η/N) Σ_j Θ(x, x_j)(f(x_j) − y_j),
-the ODE that ``GradientFlow`` solves. For a wide network Θ_θ stays close to its initial value (Jacot et al. 2018,
+outputs move by −(η/N) Σ_j Θ_θ(x, x_j) ∂c/∂f(x_j): step k is time t = k of
+∂_t f(x) = −(η/N) Σ_j Θ(x, x_j)(f(x_j) − y_j), the ODE that ``GradientFlow`` solves. For a wide network Θ_θ stays close to its initial value (Jacot et al. 2018,
 Thm. 2), and the recorded relative change ‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F measures how close.
 """
 
