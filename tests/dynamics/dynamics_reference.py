@@ -46,6 +46,15 @@ def jacobian_matrix(model, x):
     return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], 2)
 
 
+def empirical_ntk_or_reference():
+    """nk.empirical_ntk once ntkit.empirical exists in the checkout, else ``reference_ntk`` (same signature)."""
+    try:
+        from ntkit.empirical import empirical_ntk
+    except ImportError:
+        return reference_ntk
+    return empirical_ntk
+
+
 def reference_ntk(model, x1, x2=None, output="trace"):
     """Empirical NTK by explicit Jacobian contraction.
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import ntkit as nk
-from dynamics_reference import jacobian_matrix, reference_ntk
+from dynamics_reference import empirical_ntk_or_reference, jacobian_matrix
+
+ntk_at_init = empirical_ntk_or_reference()  # nk.empirical_ntk once it exists, else a Jacobian contraction
 
 # torch loads its forward-mode decompositions through the deprecated torch.jit.script on the first jvp call
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -58,7 +60,7 @@ def test_trainable_parameters_are_theta_only_and_move_with_the_module():
 def test_sgd_training_of_the_linearised_model_equals_gradient_flow_with_the_initial_ntk():
     net, x, x_test, y = _setup()
     lin = nk.linearize(net)
-    theta0_ntk = reference_ntk(net, torch.cat([x, x_test]))
+    theta0_ntk = ntk_at_init(net, torch.cat([x, x_test]), output="trace")
     k, k_test = theta0_ntk[:N, :N], theta0_ntk[N:, :N]
     flow = nk.GradientFlow(k, y, learning_rate=1.0)
     eta = 0.05 * flow.max_learning_rate()  # x = ηλ_max/N = 0.1 per step
@@ -105,7 +107,7 @@ def test_any_optimiser_and_nk_train_work_on_the_linearised_model():
     assert losses[-1] < 0.5 * losses[0]
     # nk.train on a fresh linearisation: the same recursion as the hand-written SGD loop above
     lin2 = nk.linearize(net)
-    k = reference_ntk(net, x)
+    k = ntk_at_init(net, x, output="trace")
     result = nk.train(lin2, x, y, steps=20, learning_rate=1.0, progress=False)
     with torch.no_grad():
         f = net(x)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import ntkit as nk
+from dynamics_reference import empirical_ntk_or_reference, reference_ntk
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 N, M, D = 8, 4, 8
@@ -116,15 +117,9 @@ def test_cross_entropy_training_with_integer_labels():
 def empirical_ntk(monkeypatch):
     """nk.empirical_ntk from the checkout, or (until ntkit.empirical exists) the torch.func reference with the
     same signature, so that nk.train's recording is tested either way."""
-    try:
-        import ntkit.empirical  # noqa: F401
-    except ImportError:
-        from dynamics_reference import reference_ntk
-
-        def fallback(model, x1, x2=None, *, output="full", **_):
-            return reference_ntk(model, x1, x2, output="full" if output == "full" else "trace")
-
-        monkeypatch.setitem(vars(nk), "empirical_ntk", fallback)  # setattr would trigger the lazy import
+    engine = empirical_ntk_or_reference()
+    if engine is reference_ntk:
+        monkeypatch.setitem(vars(nk), "empirical_ntk", reference_ntk)  # setattr would trigger the lazy import
     return nk.empirical_ntk
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from .._memory import check_fits
 from .._validation import as_input_tensor, check_pair
@@ -94,7 +95,9 @@ def ensemble_prediction(arch, x_train, y_train, x_test, t, *, learning_rate: flo
     v_k_v = flow.eigenvectors.T @ nngp[:n, :n] @ flow.eigenvectors  # Vᵀ K V, (N, N)
     v_k_test = flow.eigenvectors.T @ nngp[:n, n:]  # Vᵀ K(X, x*), (N, M)
     covariances = []
-    for phi in flow._phi(times):  # A_t = (Θ(x*, X) V) diag(φ_t) Vᵀ
+    # Each time costs O(M·N²) for (Θ(x*, X) V diag φ_t)(Vᵀ K V): a bar when that adds up to seconds.
+    long_run = times.numel() * m * n * n > 10 ** 10
+    for phi in tqdm(flow._phi(times), desc="ensemble covariance", disable=not long_run, leave=False):
         a_v = projected * phi[None, :]
         cross = a_v @ v_k_test
         cov = nngp[n:, n:] - cross - cross.T + a_v @ v_k_v @ a_v.T

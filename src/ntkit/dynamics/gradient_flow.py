@@ -64,6 +64,9 @@ class GradientFlow:
         self.diag_reg = check_nonnegative_float(diag_reg, "diag_reg")
         self._dtype = output_dtype(kernel, y)
         self._device = kernel.device
+        # float64 copy, eigenvectors and LAPACK workspace: about four N x N float64 matrices at once
+        check_fits(4 * 8 * n * n, self._device, f"GradientFlow's eigendecomposition of a {n}x{n} kernel",
+                   "Use fewer training points (or a random-features / low-rank approximation of the kernel).")
         k64 = kernel.to(torch.float64)
         self.regularization = self.diag_reg * float(torch.diagonal(k64).mean())
         if self.regularization:

@@ -73,7 +73,7 @@ def _last_hidden_features(arch: Serial, x: torch.Tensor, n_features: int, seed: 
 
 
 def nngp_features(arch, x, n_features: int, *, source: str = "networks", seed: int = 0,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool | None = None) -> torch.Tensor:
     r"""P random functions of ``arch`` evaluated on x, (N, P), with K̃ = F Fᵀ/P → the NNGP Σ (Jacot et al. §4).
 
     Args:
@@ -86,7 +86,7 @@ def nngp_features(arch, x, n_features: int, *, source: str = "networks", seed: i
             w_std·a_k(x) + b_std·ξ_k (the readout's scales, ξ_k ~ N(0, 1)), i.i.d. over k given the earlier
             layers, so K̃ → Σ computed from those layers (exact Σ for one hidden layer). Much faster.
         seed: seeds every random draw.
-        progress: tqdm bar over the networks (source="networks").
+        progress: tqdm bar over the networks (source="networks"); None shows it from 500 networks on.
 
     Returns:
         (N, P) features, in x's dtype and device. ``random_features_kernel(F)`` gives K̃.
@@ -103,7 +103,7 @@ def nngp_features(arch, x, n_features: int, *, source: str = "networks", seed: i
     check_fits(x.shape[0] * n_features * x.element_size() * 2, x.device, "nngp_features",
                "Use fewer features.")
     if source == "networks":
-        return _network_features(arch, x, n_features, seed, progress)
+        return _network_features(arch, x, n_features, seed, n_features >= 500 if progress is None else progress)
     return _last_hidden_features(arch, x, n_features, seed)
 
 
