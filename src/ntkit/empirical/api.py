@@ -1,0 +1,185 @@
+r"""``nk.empirical_ntk`` and ``nk.empirical_nngp``: finite-width kernels of any ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .._memory import format_bytes
+from .blocks import assemble
+from .checks import (check_batch_size, check_max_memory, check_method, check_model, check_output,
+                     check_result_finite, compute_dtype, model_inputs)
+from .memory import ChunkPlan, memory_budget, plan_chunks
+from .methods import JacobianMethod, LayerwiseMethod, VectorProductMethod
+from .model_function import ModelFunction
+from .probe import probe_model
+
+__all__ = ["empirical_ntk", "empirical_nngp"]
+
+
+def _result_shape(n1: int, n2: int, outputs: int, mode: str) -> tuple[int, ...]:
+    return {"full": (n1, n2, outputs, outputs), "trace": (n1, n2), "diagonal": (n1, n2, outputs)}[mode]
+
+
+@contextlib.contextmanager
+def _autograd_enabled():
+    """Gradients on, also inside a caller's ``torch.no_grad()`` or ``torch.inference_mode()``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def _prepare(model, x1, x2):
+    check_model(model)
+    x1, x2 = model_inputs(x1, x2)
+    if x1.is_inference():
+        x1 = x1.clone()
+    if x2 is not None and x2.is_inference():
+        x2 = x2.clone()
+    fn = ModelFunction(model, compute_dtype(model, x1), x1.device)
+    return fn, x1, x2
+
+
+def _plan_vector_products(method: VectorProductMethod, n1, n2, symmetric, output_bytes, budget, batch_size,
+                          what) -> ChunkPlan:
+    """Chunks with all of a block's columns vmapped at once; if even one sample does not fit, fewer columns."""
+    try:
+        return plan_chunks(method.cost(), n1, n2, symmetric, output_bytes, budget, batch_size, what)
+    except MemoryError:
+        if batch_size not in (None, 1):
+            raise
+    room = budget - output_bytes - method.fn.parameter_bytes() - method.structure.activation_bytes
+    columns = room // method.column_bytes(1) if room > 0 else 0
+    if columns < 1:
+        need = output_bytes + 2 * method.fn.parameter_bytes() + method.structure.activation_bytes
+        need += method.column_bytes(1)
+        raise MemoryError(f"{what} needs about {format_bytes(need)} even one sample and one column at a time (the "
+                          f"result alone is {format_bytes(output_bytes)}), but the budget is {format_bytes(budget)}. "
+                          "Pass a larger max_memory if more is free, use fewer points, or a smaller model.")
+    method.basis_batch = int(columns)
+    return ChunkPlan(1, False, budget - room + columns * method.column_bytes(1))
+
+
+def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "auto", batch_size: int | None = None,
+                  max_memory: int | float | None = None, progress: bool | None = None) -> torch.Tensor:
+    r"""The empirical (finite-width) NTK of any ``torch.nn.Module`` at its current parameters.
+
+        Θ(x, x')_ab = Σ_p ∂f_a(x)/∂θ_p · ∂f_b(x')/∂θ_p        (Jacot, Gabriel & Hongler 2018, eq. (2))
+
+    over the trainable parameters θ (``requires_grad=False`` ones are excluded); f(x) is the model's output for
+    the single sample x, flattened to O values. Under gradient descent with learning rate η on the cost
+    C = ½ E_{p_in}‖f − y‖² over N points, f moves as ∂_t f(x) = −(η/N) Σ_j Θ(x, x_j)(f(x_j) − y_j).
+
+    Args:
+        model: any ``nn.Module`` mapping a batch (N, ...) to outputs (N, ...). It must be deterministic and treat
+            samples independently: BatchNorm in training mode or Dropout in training mode are refused (call
+            ``model.eval()``). Its parameters must be on the inputs' device; floating ones are used in the
+            inputs' dtype.
+        x1: (N1, ...) inputs: floats (numpy accepted), or integer ids for embedding models.
+        x2: (N2, ...) inputs, or None for x2 = x1 (each symmetric block is computed once).
+        output: "full" (N1, N2, O, O); "trace" (N1, N2), the trace of each O×O block (the sum over outputs; for a
+            network with iid outputs, trace / O estimates the one-output infinite-width Θ); "diagonal"
+            (N1, N2, O), Θ_aa.
+        method: "layerwise" (the fast path: Linear/Dense, Conv1d/2d/3d, Embedding and the affine parameters of
+            LayerNorm/GroupNorm/eval BatchNorm contract input Grams with output-cotangent Grams, never a P-sized
+            Jacobian; any other parameter is added through per-sample Jacobians, so it is exact for every model);
+            "jacobian" (per-sample Jacobians by vmap(jacrev), contracted); "vector_products" (NTK-vector products
+            by vjp/jvp, nothing P·N-sized stored); "auto" (layerwise when the model has layers it knows, else
+            jacobian, else vector_products when the Jacobian of one sample does not fit).
+        batch_size: samples per chunk (default: planned from max_memory).
+        max_memory: memory budget in bytes (default: half of the free RAM, or of the free GPU memory). A request
+            that cannot fit even one sample at a time raises MemoryError with the estimate.
+        progress: tqdm bar over blocks (None: when there are many).
+
+    Returns:
+        A tensor of the requested shape, in the inputs' dtype (the model's for integer inputs) and on their device,
+        also when called under ``torch.no_grad()``.
+    """
+    output, method = check_output(output), check_method(method)
+    batch_size, max_memory = check_batch_size(batch_size), check_max_memory(max_memory)
+    fn, x1, x2 = _prepare(model, x1, x2)
+    symmetric = x2 is None
+    n1, n2 = x1.shape[0], (x1 if symmetric else x2).shape[0]
+    with _autograd_enabled():
+        structure = probe_model(fn, x1, fast=method in ("auto", "layerwise"))
+        outputs = structure.outputs
+        shape = _result_shape(n1, n2, outputs, output)
+        if not fn.params:  # nothing trainable: the kernel is zero
+            return torch.zeros(shape, dtype=fn.dtype, device=fn.device)
+        budget = memory_budget(max_memory, fn.device)
+        output_bytes = torch.Size(shape).numel() * torch.empty((), dtype=fn.dtype).element_size()
+        chosen, plan = _choose_method(fn, structure, output, method, n1, n2, symmetric, output_bytes, budget,
+                                      batch_size)
+        sides = (x1, x1 if symmetric else x2)
+        result = torch.empty(shape, dtype=fn.dtype, device=fn.device)
+        assemble(n1, n2, symmetric, plan.chunk, plan.cache, lambda side, rows: chosen.features(sides[side - 1][rows]),
+                 chosen.contract, result, output, progress, f"empirical NTK ({chosen.name})")
+    return check_result_finite(result, "the empirical NTK")
+
+
+def _choose_method(fn, structure, output, method, n1, n2, symmetric, output_bytes, budget, batch_size):
+    what = f"the empirical NTK ({n1}x{n2}, output={output!r}, method={{}})"
+    if method == "auto":
+        method = "layerwise" if structure.fast_layers else "jacobian"
+        if method == "jacobian":
+            candidate = JacobianMethod(fn, structure, output)
+            try:
+                return candidate, plan_chunks(candidate.cost(), n1, n2, symmetric, output_bytes, budget, batch_size,
+                                              what.format("'jacobian'"))
+            except MemoryError:
+                method = "vector_products"
+    if method == "layerwise":
+        chosen = LayerwiseMethod(fn, structure, output, n1, n2)
+    elif method == "jacobian":
+        chosen = JacobianMethod(fn, structure, output)
+    else:
+        chosen = VectorProductMethod(fn, structure, output)
+        return chosen, _plan_vector_products(chosen, n1, n2, symmetric, output_bytes, budget, batch_size,
+                                             what.format(repr(method)))
+    return chosen, plan_chunks(chosen.cost(), n1, n2, symmetric, output_bytes, budget, batch_size,
+                               what.format(repr(method)))
+
+
+def empirical_nngp(model, x1, x2=None, *, output: str = "full", batch_size: int | None = None,
+                   max_memory: int | float | None = None) -> torch.Tensor:
+    r"""The output Gram of a finite network, the finite-width counterpart of the NNGP kernel.
+
+        full:     K(x, x')_ab = f_a(x) f_b(x')                       (N1, N2, O, O)
+        diagonal: K(x, x')_a  = f_a(x) f_a(x')                       (N1, N2, O)
+        trace:    K(x, x')    = f(x) · f(x') / O                     (N1, N2)
+
+    For a network at random initialisation with iid outputs, each f_a is a draw from the NNGP prior
+    (Lee et al. 2018, arXiv 1711.00165), so every entry above estimates the one-output Σ(x, x') and "trace"
+    averages the O estimates. Note the difference from ``empirical_ntk``'s "trace", which sums over outputs (the
+    trace of the O×O block); here it is the mean, so that it compares directly with ``arch.kernel(x).nngp``.
+
+    Args: as ``empirical_ntk`` (model, x1, x2, output, batch_size, max_memory). Returns the inputs' dtype/device.
+    """
+    output = check_output(output)
+    batch_size, max_memory = check_batch_size(batch_size), check_max_memory(max_memory)
+    fn, x1, x2 = _prepare(model, x1, x2)
+    with torch.no_grad():
+        structure = probe_model(fn, x1, fast=False)
+        n1, n2, outputs = x1.shape[0], (x1 if x2 is None else x2).shape[0], structure.outputs
+        shape = _result_shape(n1, n2, outputs, output)
+        itemsize = torch.empty((), dtype=fn.dtype).element_size()
+        output_bytes = torch.Size(shape).numel() * itemsize
+        budget = memory_budget(max_memory, fn.device)
+        from .memory import Cost
+
+        per_sample = structure.activation_bytes + 2 * outputs * itemsize
+        plan = plan_chunks(Cost(per_sample, 0, 0, 0), n1, n2, x2 is None, output_bytes, budget, batch_size,
+                           f"the empirical NNGP ({n1}x{n2}, output={output!r})")
+
+        def outputs_of(x):
+            return torch.cat([fn(x[i:i + plan.chunk]) for i in range(0, x.shape[0], plan.chunk)])
+
+        f1 = outputs_of(x1)
+        f2 = f1 if x2 is None else outputs_of(x2)
+        if output == "full":
+            result = f1[:, None, :, None] * f2[None, :, None, :]
+        elif output == "diagonal":
+            result = f1[:, None, :] * f2[None, :, :]
+        else:
+            result = (f1 @ f2.T) / outputs
+    return check_result_finite(result, "the empirical NNGP")

@@ -1,0 +1,91 @@
+"""Memory budget and chunk planning for the empirical kernels.
+
+A block method computes per-sample features for a chunk of rows and a chunk of columns, then contracts them into
+a block of the result. Its memory is modelled as
+
+    output + fixed + c·per_sample + 2c·feature + c²·per_pair  (+ n·feature if every chunk's features are cached)
+
+for a chunk of c samples. The planner picks the largest c under the budget (``max_memory``, by default half of
+the memory free on the device: MemAvailable on the CPU, the driver's count on CUDA) and refuses, with the
+estimate, a request that does not fit even at c = 1. The model is an estimate (activations are measured on one
+sample by ``probe.py``), not a guarantee.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._memory import available_bytes, format_bytes
+
+__all__ = ["Cost", "ChunkPlan", "memory_budget", "plan_chunks", "DEFAULT_FRACTION"]
+
+DEFAULT_FRACTION = 0.5  # of free memory: leaves room for the caller's own tensors and the allocator's slack
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Bytes a block method needs: per sample of a chunk (transient), per sample of features (kept), per pair of a
+    block, and a fixed amount."""
+
+    per_sample: int
+    feature: int
+    per_pair: int
+    fixed: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    chunk: int
+    cache: bool  # keep every chunk's features (each computed once) instead of recomputing column features
+    estimate: int  # bytes at this plan
+
+
+def memory_budget(max_memory: int | None, device: torch.device) -> int:
+    return max_memory if max_memory is not None else int(DEFAULT_FRACTION * available_bytes(device))
+
+
+def _largest_chunk(cost: Cost, room: int, limit: int) -> int:
+    """Largest c <= limit with c·(per_sample + 2·feature) + c²·per_pair <= room (0 if even c = 1 does not fit)."""
+    linear = cost.per_sample + 2 * cost.feature
+    if room < linear + cost.per_pair:
+        return 0
+    if cost.per_pair == 0:
+        return min(limit, room // max(linear, 1))
+    c = int((-linear + math.sqrt(linear * linear + 4.0 * cost.per_pair * room)) / (2 * cost.per_pair))
+    while c > 1 and c * linear + c * c * cost.per_pair > room:  # float rounding
+        c -= 1
+    return max(1, min(limit, c))
+
+
+def plan_chunks(cost: Cost, n1: int, n2: int, symmetric: bool, output_bytes: int, budget: int,
+                batch_size: int | None, what: str) -> ChunkPlan:
+    """Chunk size and caching for an (n1, n2) result; raises MemoryError with the estimate when it cannot fit."""
+    limit = max(n1, n2)
+    room = budget - output_bytes - cost.fixed
+    at_one = output_bytes + cost.fixed + cost.per_sample + 2 * cost.feature + cost.per_pair
+    hint = ("Pass a larger max_memory if more is free, use output='trace' or 'diagonal' (smaller results), "
+            "fewer points, or method='vector_products' (no stored Jacobians).")
+    if room <= 0 or at_one > budget:
+        raise MemoryError(f"{what} needs about {format_bytes(at_one)} even one sample at a time (the result alone is "
+                          f"{format_bytes(output_bytes)}), but the budget is {format_bytes(budget)}. {hint}")
+    cache_bytes = (n1 if symmetric else n1 + n2) * cost.feature
+    if batch_size is not None:
+        c = min(batch_size, limit)
+        need = c * (cost.per_sample + 2 * cost.feature) + c * c * cost.per_pair
+        if need > room:
+            raise MemoryError(f"{what} with batch_size={batch_size} needs about {format_bytes(need + budget - room)} "
+                              f"but the budget is {format_bytes(budget)}; use a smaller batch_size or leave it to "
+                              "the planner (batch_size=None).")
+        cache = need + cache_bytes <= room
+        return ChunkPlan(c, cache, budget - room + need + (cache_bytes if cache else 0))
+    if cache_bytes <= room // 2:
+        c = _largest_chunk(cost, room - cache_bytes, limit)
+        if c >= 1:
+            need = c * (cost.per_sample + 2 * cost.feature) + c * c * cost.per_pair
+            return ChunkPlan(c, True, budget - room + need + cache_bytes)
+    c = _largest_chunk(cost, room, limit)
+    need = c * (cost.per_sample + 2 * cost.feature) + c * c * cost.per_pair
+    return ChunkPlan(c, False, budget - room + need)

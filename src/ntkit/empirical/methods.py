@@ -1,0 +1,164 @@
+"""The three block methods of ``empirical_ntk``: features of a chunk, contraction of two chunks, memory cost.
+
+``LayerwiseMethod``   fast-path layers by their structured features (``layerwise.py``), every other parameter by
+                      per-sample Jacobians (``jacobian.py``): exact for any model.
+``JacobianMethod``    every parameter by per-sample Jacobians.
+``VectorProductMethod`` no stored Jacobian: each block from vjp/jvp pairs (``vector_products.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .capture import capture_layers
+from .features import add_share, finish_block, new_block
+from .jacobian import jacobian_features
+from .layerwise import LinearRule, choose_form
+from .memory import Cost
+from .model_function import ModelFunction
+from .probe import ModelStructure
+from .vector_products import vector_product_block
+
+__all__ = ["LayerwiseMethod", "JacobianMethod", "VectorProductMethod", "reduce_full"]
+
+
+def _itemsize(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _outputs_per_pair(outputs: int, mode: str) -> int:
+    return outputs * outputs if mode == "full" else (1 if mode == "trace" else outputs)
+
+
+def reduce_full(full: torch.Tensor, mode: str) -> torch.Tensor:
+    """A full (n1, n2, O, O) block reduced to the requested output mode."""
+    if mode == "full":
+        return full
+    diagonal = torch.diagonal(full, dim1=2, dim2=3)
+    return diagonal.sum(-1) if mode == "trace" else diagonal
+
+
+class _ContractingMethod:
+    """Shared contraction: the sum of every feature pair's share, accumulated in one block."""
+
+    def __init__(self, fn: ModelFunction, structure: ModelStructure, mode: str):
+        self.fn, self.structure, self.mode = fn, structure, mode
+        self.outputs = structure.outputs
+        self.itemsize = _itemsize(fn.dtype)
+
+    def contract(self, feats1, feats2) -> torch.Tensor:
+        n1, n2 = self._rows(feats1), self._rows(feats2)
+        block = new_block(n1, n2, self.outputs, self.mode, self.fn.dtype, self.fn.device)
+        for f1, f2 in zip(feats1, feats2):
+            add_share(block, f1, f2, self.mode)
+        return finish_block(block, self.mode)
+
+    @staticmethod
+    def _rows(feats) -> int:
+        first = next(iter(vars(feats[0]).values()))
+        return first.shape[0]
+
+    def _rest_costs(self, names) -> tuple[int, int]:
+        """(per-sample transient, per-sample feature) bytes of the Jacobian path for ``names``."""
+        count = sum(self.fn.params[name].numel() for name in names)
+        if not count:
+            return 0, 0
+        jac = self.outputs * count * self.itemsize
+        # vmap(jacrev): the forward's activations, one backward per output (batched), the gradients.
+        return self.structure.activation_bytes * (1 + self.outputs) + 2 * jac, jac
+
+
+class LayerwiseMethod(_ContractingMethod):
+    name = "layerwise"
+
+    def __init__(self, fn, structure, mode, n1: int, n2: int):
+        super().__init__(fn, structure, mode)
+        self.forms = {}
+        for layer in structure.fast_layers:
+            if layer.rule.structured:
+                dims = layer.rule.dims(layer.module, layer.in_shapes, layer.out_shapes, layer.roles)
+                self.forms[layer.name] = (dims, choose_form(dims, n1, n2, self.outputs, mode,
+                                                            layer.rule.dense_patch(layer.module)))
+
+    def features(self, x: torch.Tensor) -> list:
+        if not x.shape[0]:
+            return []
+        feats = []
+        if self.structure.fast_layers:
+            _, captured = capture_layers(self.fn, self.structure.fast_layers, x)
+            for layer, (inputs, cotangents) in zip(self.structure.fast_layers, captured):
+                form = self.forms.get(layer.name, (None, "grad"))[1]
+                feats += layer.rule.features(layer.module, layer.roles, inputs, cotangents, form)
+        return feats + jacobian_features(self.fn, self.structure.rest_names, x)
+
+    def cost(self) -> Cost:
+        o, size = self.outputs, self.itemsize
+        out_elems = sum(math.prod(s) for layer in self.structure.fast_layers for s in layer.out_shapes)
+        transient = self.structure.activation_bytes + size * (2 + 2 * o) * out_elems
+        feature, pair = 0, 0
+        for layer in self.structure.fast_layers:
+            if layer.name not in self.forms:  # affine norms: per-sample gradients of the (few) parameters
+                count = sum(self.fn.params[p].numel() for p in layer.roles.values())
+                feature += o * count * size
+                continue
+            dims, form = self.forms[layer.name]
+            g, pos, k, c = dims.groups, dims.positions, dims.patch, dims.channels
+            transient += size * g * pos * k  # the patches (im2col)
+            dense_patch = layer.rule.dense_patch(layer.module) or k
+            if pos == 1 and isinstance(layer.rule, LinearRule):
+                feature += size * (k + o * c)
+                pair = max(pair, size * (1 + _outputs_per_pair(o, self.mode)))
+            elif form == "grad":
+                feature += size * o * g * c * dense_patch
+            else:
+                feature += size * g * pos * (k + o * c)
+                pair = max(pair, size * g * pos * (pos + o * c))
+        rest_transient, rest_feature = self._rest_costs(self.structure.rest_names)
+        block = 3 * _outputs_per_pair(o, self.mode) * size  # accumulator, a product, the public-layout copy
+        return Cost(per_sample=transient + rest_transient, feature=feature + rest_feature, per_pair=block + pair,
+                    fixed=self.fn.parameter_bytes())
+
+
+class JacobianMethod(_ContractingMethod):
+    name = "jacobian"
+
+    def features(self, x: torch.Tensor) -> list:
+        return jacobian_features(self.fn, list(self.fn.params), x)
+
+    def cost(self) -> Cost:
+        transient, feature = self._rest_costs(list(self.fn.params))
+        block = 3 * _outputs_per_pair(self.outputs, self.mode) * self.itemsize
+        return Cost(per_sample=transient, feature=feature, per_pair=block, fixed=self.fn.parameter_bytes())
+
+
+class VectorProductMethod:
+    """Blocks from vjp/jvp pairs; the 'features' of a chunk are its inputs."""
+
+    name = "vector_products"
+
+    def __init__(self, fn: ModelFunction, structure: ModelStructure, mode: str):
+        self.fn, self.structure, self.mode = fn, structure, mode
+        self.outputs = structure.outputs
+        self.itemsize = _itemsize(fn.dtype)
+        self.basis_batch: int | None = None  # None: all n2·O columns of a block at once
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def contract(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        batch = self.basis_batch or x2.shape[0] * self.outputs
+        return reduce_full(vector_product_block(self.fn, x1, x2, batch), self.mode)
+
+    def column_bytes(self, rows: int) -> int:
+        """Memory of one vmapped column: a parameter-sized cotangent and the jvp's forward over ``rows`` samples."""
+        return self.fn.parameter_bytes() + rows * (self.structure.activation_bytes + self.outputs * self.itemsize)
+
+    def cost(self) -> Cost:
+        o, size = self.outputs, self.itemsize
+        full_block = 3 * o * o * size
+        # Per chunk: the vjp's saved forward of the columns' samples (c·act) and c·O columns of column_bytes(c).
+        return Cost(per_sample=self.structure.activation_bytes + o * self.fn.parameter_bytes(),
+                    feature=0, per_pair=o * self.structure.activation_bytes + full_block,
+                    fixed=self.fn.parameter_bytes())

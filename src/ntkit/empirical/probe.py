@@ -1,0 +1,197 @@
+"""Discover, on one or two samples, how a model uses its parameters: the plan of the layerwise fast path.
+
+The probe runs the model on a batch of 1 and a batch of 2 and records, for every module the layerwise path knows
+(``layerwise.find_rule``), each call's input and output shapes. A module's parameters go to the fast path only if
+
+* its class's own ``forward`` runs (no override) and it has no hooks of its own;
+* each call sees the batch on axis 0 (shapes (1, ...) then (2, ...), same trailing shape), so that per-sample
+  inputs and cotangents can be read off a batched pass;
+* its trainable parameters are used by its own forward and nowhere else: a ``TorchFunctionMode`` watches every
+  torch call and flags a parameter that appears while another module is running (tied weights, a layer's weight
+  read by its parent). Those parameters go to the Jacobian path, so the result stays exact.
+
+The probe also measures the bytes of the tensors one sample's forward creates (for memory planning) and checks
+that the model treats samples independently: f(batch)[i] must equal f(sample i).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .layerwise import LayerRule, find_rule
+from .model_function import ModelFunction
+
+__all__ = ["FastLayer", "ModelStructure", "probe_model"]
+
+
+@dataclass
+class FastLayer:
+    """A module on the fast path: its rule, {role: parameter name}, and per-call per-sample shapes."""
+
+    name: str
+    module: nn.Module
+    rule: LayerRule
+    roles: dict[str, str]
+    in_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    out_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+@dataclass
+class ModelStructure:
+    outputs: int  # O, the flattened output size
+    fast_layers: list[FastLayer]
+    rest_names: list[str]  # trainable parameters for the Jacobian path
+    activation_bytes: int  # bytes of tensors created by one sample's forward (an upper bound on saved activations)
+    fallbacks: dict[str, str]  # module name -> why the fast path does not take it
+
+
+def _has_own_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
+
+
+class _UsageWatcher(TorchFunctionMode):
+    """Records torch calls made while the model runs: which fast-path parameters appear outside their owner,
+    and how many bytes of tensors the calls return."""
+
+    def __init__(self, owner_of: dict[int, nn.Module], stack: list[nn.Module]):
+        super().__init__()
+        self.owner_of, self.stack = owner_of, stack
+        self.foreign: set[int] = set()
+        self.created_bytes = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.stack:
+            for leaf in tree_flatten((args, kwargs))[0]:
+                if isinstance(leaf, torch.Tensor):
+                    owner = self.owner_of.get(id(leaf))
+                    if owner is not None and owner is not self.stack[-1]:
+                        self.foreign.add(id(leaf))
+        result = func(*args, **kwargs)
+        if self.stack:
+            for leaf in tree_flatten(result)[0]:
+                if isinstance(leaf, torch.Tensor):
+                    self.created_bytes += leaf.numel() * leaf.element_size()
+        return result
+
+
+def _candidates(fn: ModelFunction) -> tuple[list[FastLayer], dict[str, str]]:
+    layers, fallbacks = [], {}
+    for name, module in fn.model.named_modules():
+        rule = find_rule(module)
+        if rule is None:
+            continue
+        prefix = f"{name}." if name else ""
+        roles = {role: prefix + role for role in rule.roles
+                 if isinstance(module._parameters.get(role), nn.Parameter) and prefix + role in fn.params}
+        if not roles:
+            continue
+        if _has_own_hooks(module):
+            fallbacks[name] = "the module has hooks of its own"
+            continue
+        layers.append(FastLayer(name, module, rule, roles))
+    return layers, fallbacks
+
+
+def _run_watched(fn: ModelFunction, x: torch.Tensor, layers: list[FastLayer], owner_of):
+    """One forward under the watcher; returns (output, {layer index: [(in_shape, out_shape), ...]}, watcher)."""
+    stack: list[nn.Module] = []
+    calls: dict[int, list] = {i: [] for i in range(len(layers))}
+    index_of = {id(layer.module): i for i, layer in enumerate(layers)}
+
+    def push(module, args):
+        stack.append(module)
+
+    def pop(module, args, output):
+        stack.pop()
+        i = index_of.get(id(module))
+        if i is not None:
+            first = args[0] if args else None
+            shapes = (tuple(first.shape) if isinstance(first, torch.Tensor) else None,
+                      tuple(output.shape) if isinstance(output, torch.Tensor) else None)
+            calls[i].append(shapes)
+
+    handles = []
+    try:
+        for module in fn.model.modules():
+            handles.append(module.register_forward_pre_hook(push))
+            handles.append(module.register_forward_hook(pop))
+        watcher = _UsageWatcher(owner_of, stack)
+        with watcher:
+            out = fn(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, calls, watcher
+
+
+def _batch_first(one: list, two: list) -> bool:
+    if len(one) != len(two) or not one:
+        return len(one) == len(two)
+    for (in1, out1), (in2, out2) in zip(one, two):
+        for s1, s2 in ((in1, in2), (out1, out2)):
+            if s1 is None or s2 is None or len(s1) == 0 or s1[0] != 1 or s2[0] != 2 or s1[1:] != s2[1:]:
+                return False
+    return True
+
+
+def _check_independent(fn: ModelFunction, x_pair: torch.Tensor, f_pair: torch.Tensor, f_first: torch.Tensor):
+    """f(batch of two)[i] must equal f(sample i), up to rounding of a differently batched computation."""
+    f_second = fn(x_pair[1:2])
+    single = torch.cat([f_first, f_second])
+    scale = max(float(single.abs().max()), float(f_pair.abs().max()), 1e-30)
+    # Batched and unbatched kernels may sum in different orders: allow 1000 ulps of the output scale.
+    tol = 1000 * torch.finfo(f_pair.dtype).eps * scale
+    gap = float((f_pair - single).abs().max())
+    if not gap <= tol:
+        raise ValueError(f"the model's output for a sample depends on the other samples in the batch (or on chance): "
+                         f"f(x[:2]) differs from [f(x[0]), f(x[1])] by {gap:.3g}. The empirical kernels need a "
+                         "deterministic per-sample model: call model.eval() and remove batch-coupled layers.")
+
+
+def probe_model(fn: ModelFunction, x: torch.Tensor, *, fast: bool = True) -> ModelStructure:
+    """Probe ``fn`` on the first sample(s) of ``x``; ``fast=False`` sends every parameter to the Jacobian path."""
+    layers, fallbacks = _candidates(fn) if fast else ([], {})
+    owner_of = {id(fn.params[pname]): layer.module for layer in layers for pname in layer.roles.values()}
+    pair_index = [0, 1] if x.shape[0] > 1 else [0, 0]
+    x_pair = x[pair_index]
+    with torch.no_grad():
+        f_one, calls_one, watcher_one = _run_watched(fn, x[:1], layers, owner_of)
+        f_two, calls_two, watcher_two = _run_watched(fn, x_pair, layers, owner_of)
+        if not bool(torch.isfinite(f_one).all()):
+            raise FloatingPointError("the model's output for x1[0] contains NaN or inf")
+        if x.shape[0] > 1:
+            _check_independent(fn, x_pair, f_two, f_one)
+    foreign = watcher_one.foreign | watcher_two.foreign
+    kept = []
+    for i, layer in enumerate(layers):
+        if any(id(fn.params[p]) in foreign for p in layer.roles.values()):
+            fallbacks[layer.name] = "its parameters are also used outside its own forward"
+        elif not _batch_first(calls_one[i], calls_two[i]):
+            fallbacks[layer.name] = "its inputs or outputs do not have the batch on axis 0"
+        else:
+            layer.in_shapes = [shapes[0][1:] for shapes in calls_one[i]]
+            layer.out_shapes = [shapes[1][1:] for shapes in calls_one[i]]
+            kept.append(layer)
+    covered = {p for layer in kept for p in layer.roles.values()}
+    rest = [name for name in fn.params if name not in covered]
+    activation = max(watcher_two.created_bytes - watcher_one.created_bytes, 0)
+    outputs = f_one.shape[1]
+    return ModelStructure(outputs=outputs, fast_layers=kept, rest_names=rest, activation_bytes=activation,
+                          fallbacks=fallbacks)
+
+
+def layer_output_elements(structure: ModelStructure) -> int:
+    """Per-sample elements of all fast-path layer outputs (cotangents are O times this)."""
+    return sum(math.prod(s) for layer in structure.fast_layers for s in layer.out_shapes)
+
+
+def layer_input_elements(structure: ModelStructure) -> int:
+    return sum(math.prod(s) for layer in structure.fast_layers for s in layer.in_shapes)
