@@ -1,8 +1,10 @@
 """Assemble an (N1, N2, ...) kernel from blocks of rows and columns, computing each symmetric block once.
 
-``features(side, rows)`` gives a chunk's features (side 1 for x1, 2 for x2); ``contract(f_rows, f_cols)`` gives
-the block in the public layout. When x2 is None only blocks on and above the diagonal are computed; a block
-below is the transpose Θ(x', x)_{ba} = Θ(x, x')_{ab}, and diagonal blocks are made exactly symmetric (their two
+``features(side, rows)`` gives the features of a chunk of samples (side 1 for x1, 2 for x2), ``slice_features
+(features, rows)`` a sub-range of them, and ``contract(f_rows, f_cols)`` a block in the public layout. Features
+are computed per ``chunk`` of samples; blocks are ``block`` samples on a side (a divisor of the chunk), so that
+with x2 None the work above the diagonal can be tiled finely without recomputing features. A block below the
+diagonal is the transpose Θ(x', x)_{ba} = Θ(x, x')_{ab}; diagonal blocks are made exactly symmetric (their two
 halves come from different summation orders).
 """
 
@@ -23,34 +25,45 @@ def swap_block(block: torch.Tensor, mode: str) -> torch.Tensor:
     return block.permute(1, 0, 3, 2) if mode == "full" else block.transpose(0, 1)
 
 
-def assemble(n1: int, n2: int, symmetric: bool, chunk: int, cache: bool, features: Callable,
-             contract: Callable, out: torch.Tensor, mode: str, progress: bool | None, desc: str) -> torch.Tensor:
+class _FeatureStore:
+    """Features by chunk: all kept when ``cache``, else only the most recent chunk of each side."""
+
+    def __init__(self, features: Callable, slice_features: Callable, chunk: int, cache: bool, sizes):
+        self.features, self.slice_features = features, slice_features
+        self.chunk, self.cache, self.sizes = chunk, cache, sizes
+        self.stored: dict = {}
+
+    def get(self, side: int, start: int, stop: int):
+        first = start - start % self.chunk
+        key = (side, first)
+        if key not in self.stored:
+            if not self.cache:
+                self.stored = {k: v for k, v in self.stored.items() if k[0] != side}
+            self.stored[key] = self.features(side, slice(first, min(first + self.chunk, self.sizes[side - 1])))
+        feats = self.stored[key]
+        if start == first and stop - start == self.chunk:
+            return feats
+        return self.slice_features(feats, slice(start - first, stop - first))
+
+
+def assemble(n1: int, n2: int, symmetric: bool, chunk: int, block: int, cache: bool, features: Callable,
+             slice_features: Callable, contract: Callable, out: torch.Tensor, mode: str, progress: bool | None,
+             desc: str) -> torch.Tensor:
     """Fill ``out`` block by block (see the module docstring)."""
-    starts1, starts2 = range(0, n1, chunk), range(0, n2, chunk)
-    pairs = [(i, j) for i in starts1 for j in starts2 if not symmetric or j >= i]
+    if chunk % block:
+        raise ValueError(f"block ({block}) must divide chunk ({chunk})")
+    store = _FeatureStore(features, slice_features, chunk, cache, (n1, n1 if symmetric else n2))
+    col_side = 1 if symmetric else 2
+    pairs = [(i, j) for i in range(0, n1, block) for j in range(0, n2, block) if not symmetric or j >= i]
     show = progress if progress is not None else len(pairs) >= _PROGRESS_MIN_BLOCKS
-    stored: dict = {}
-
-    def get(side: int, start: int, n: int):
-        key = (side, start)
-        if key in stored:
-            return stored[key]
-        value = features(side, slice(start, min(start + chunk, n)))
-        if cache:
-            stored[key] = value
-        return value
-
-    row_key = None
-    row_features = None
     for i, j in tqdm(pairs, desc=desc, disable=None if show else True, leave=False):
-        if row_key != i:
-            row_key, row_features = i, get(1, i, n1)
-        col_features = row_features if symmetric and i == j else get(1 if symmetric else 2, j, n2)
-        block = contract(row_features, col_features)
-        rows, cols = slice(i, min(i + chunk, n1)), slice(j, min(j + chunk, n2))
+        rows, cols = slice(i, min(i + block, n1)), slice(j, min(j + block, n2))
+        row_features = store.get(1, rows.start, rows.stop)
+        col_features = row_features if symmetric and i == j else store.get(col_side, cols.start, cols.stop)
+        value = contract(row_features, col_features)
         if symmetric and i == j:
-            block = (block + swap_block(block, mode)) / 2
-        out[rows, cols] = block
+            value = (value + swap_block(value, mode)) / 2
+        out[rows, cols] = value
         if symmetric and i != j:
-            out[cols, rows] = swap_block(block, mode)
+            out[cols, rows] = swap_block(value, mode)
     return out

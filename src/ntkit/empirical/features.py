@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["GradFeature", "GramProduct", "PositionGram", "IndexGram", "new_block", "add_share", "finish_block",
-           "output_products", "feature_bytes"]
+           "output_products", "feature_bytes", "pair_flops"]
 
 
 @dataclass
@@ -68,19 +68,30 @@ def finish_block(block: torch.Tensor, mode: str) -> torch.Tensor:
     return block
 
 
+def _output_major(u: torch.Tensor) -> bool:
+    """True when (n, O, D) is stored output-major, as (O, n, D) (how batched backward passes return it)."""
+    return not u.is_contiguous() and u.transpose(0, 1).is_contiguous()
+
+
 def output_products(u1: torch.Tensor, u2: torch.Tensor, mode: str) -> torch.Tensor:
     """Σ_d u1[x, a, d] u2[y, b, d] for (a, b) as the mode needs, in the accumulator layout.
 
     full: (n1, O, n2, O), one (n1·O, D) x (D, n2·O) product; trace: Σ_a, one (n1, O·D) x (O·D, n2) product;
-    diagonal: a = b, one batched product over the O outputs.
+    diagonal: a = b, one batched product over the O outputs. Inputs stored output-major are used in place
+    (full: the product is taken in (O·n) order and returned as a permuted view) rather than copied.
     """
     n1, outputs, depth = u1.shape
     n2 = u2.shape[0]
+    if mode == "diagonal":
+        return torch.bmm(u1.transpose(0, 1), u2.permute(1, 2, 0))
+    if _output_major(u1) and _output_major(u2) and outputs > 1:
+        a1, a2 = u1.transpose(0, 1).reshape(outputs * n1, depth), u2.transpose(0, 1).reshape(outputs * n2, depth)
+        if mode == "full":
+            return (a1 @ a2.T).view(outputs, n1, outputs, n2).permute(1, 0, 3, 2)
+        return torch.bmm(a1.view(outputs, n1, depth), a2.view(outputs, n2, depth).transpose(1, 2)).sum(0)
     if mode == "full":
         return (u1.reshape(n1 * outputs, depth) @ u2.reshape(n2 * outputs, depth).T).view(n1, outputs, n2, outputs)
-    if mode == "trace":
-        return u1.reshape(n1, outputs * depth) @ u2.reshape(n2, outputs * depth).T
-    return torch.bmm(u1.transpose(0, 1), u2.permute(1, 2, 0))
+    return u1.reshape(n1, outputs * depth) @ u2.reshape(n2, outputs * depth).T
 
 
 def _broadcast_pair_factor(factor: torch.Tensor, mode: str) -> torch.Tensor:
@@ -138,6 +149,21 @@ def add_share(block: torch.Tensor, f1, f2, mode: str) -> None:
         _add_index_gram(block, f1, f2, mode)
     else:  # pragma: no cover - internal contract
         raise TypeError(f"unknown feature {type(f1).__name__}")
+
+
+def pair_flops(feature, outputs: int, mode: str) -> int:
+    """Multiply-adds per (x, x') pair to contract a feature (for deciding how finely to tile symmetric blocks)."""
+    out_m = outputs * outputs if mode == "full" else outputs
+    if isinstance(feature, GradFeature):
+        return out_m * feature.jac.shape[-1]
+    if isinstance(feature, GramProduct):
+        return feature.inputs.shape[-1] + out_m * feature.cotangents.shape[-1]
+    if isinstance(feature, PositionGram):
+        _, groups, positions, patch = feature.patches.shape
+        channels = feature.cotangents.shape[-1]
+        return groups * positions * (positions * (patch + outputs * channels) + out_m * channels)
+    positions, channels = feature.cotangents.shape[2:]
+    return positions * (positions * (1 + outputs * channels) + out_m * channels)
 
 
 def feature_bytes(feature) -> int:

@@ -85,11 +85,33 @@ def _augment(patches: torch.Tensor, weight_scale: float | None, bias_scale: floa
     return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
 
-def _grad_from_positions(patches: torch.Tensor, cotangents: torch.Tensor) -> GradFeature:
-    """Per-sample gradient Σ_l g(l) p(l)ᵀ from patches (n, G, L, K) and cotangents (n, O, G, L, C)."""
-    n, outputs = cotangents.shape[:2]
-    jac = torch.einsum("xaglc,xglk->xagck", cotangents, patches)
-    return GradFeature(jac.reshape(n, outputs, -1))
+def _weight_gradient(cotangents: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradient Σ_l g(l) p(l)ᵀ as (n, O, G·C·K), from cotangents (n, O, G, C, L) and patches
+    (n, G, L, K): per output, one batched (C, L) x (L, K) product per sample and group.
+
+    The loop over outputs reads cotangents in the output-major order the batched backward pass produced and
+    writes an output-major result (returned as a transposed view), so neither is copied.
+    """
+    n, outputs, groups, channels, _ = cotangents.shape
+    patch = patches.shape[-1]
+    jac = torch.empty(outputs, n, groups, channels, patch, dtype=cotangents.dtype, device=cotangents.device)
+    for a in range(outputs):
+        if groups == 1:
+            torch.bmm(cotangents[:, a, 0], patches[:, 0], out=jac[a, :, 0])
+        else:
+            jac[a] = torch.einsum("xgcl,xglk->xgck", cotangents[:, a], patches)
+    return jac.view(outputs, n, -1).transpose(0, 1)
+
+
+def _sum_calls(tensors: list[torch.Tensor]) -> torch.Tensor:
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
+def _cat(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
 
 class LayerRule:
@@ -129,12 +151,20 @@ class LinearRule(LayerRule):
 
     def features(self, module, roles, inputs, cotangents, form):
         weight_scale, bias_scale = self.scales(module, roles)
-        patches = torch.cat([_augment(_positions(a, 1), weight_scale, bias_scale) for a in inputs], 1)
-        cots = torch.cat([_cotangent_positions(g, 1) for g in cotangents], 2)
-        if patches.shape[1] == 1:
-            return [GramProduct(patches[:, 0], cots[:, :, 0])]
-        patches, cots = patches[:, None], cots[:, :, None]
-        return [_grad_from_positions(patches, cots) if form == "grad" else PositionGram(patches, cots)]
+        patches = [_positions(a, 1) for a in inputs]  # (n, L, K) per call
+        cots = [_cotangent_positions(g, 1) for g in cotangents]  # (n, O, L, C) per call
+        if len(patches) == 1 and patches[0].shape[1] == 1:  # applied once per sample: a Gram product
+            return [GramProduct(_augment(patches[0][:, 0], weight_scale, bias_scale), cots[0][:, :, 0])]
+        if form == "gram":
+            augmented = _cat([_augment(p, weight_scale, bias_scale) for p in patches], 1)
+            return [PositionGram(augmented[:, None], _cat(cots, 2)[:, :, None])]
+        feats = []
+        if weight_scale is not None:
+            jac = _sum_calls([_weight_gradient(g.transpose(2, 3)[:, :, None], p[:, None]) for p, g in zip(patches, cots)])
+            feats.append(GradFeature(jac if weight_scale == 1.0 else jac * weight_scale))
+        if bias_scale is not None:
+            feats.append(GradFeature(_sum_calls([g.sum(2) for g in cots]) * bias_scale))
+        return feats
 
 
 def _conv_padding(module) -> tuple[list[int], str]:
@@ -187,17 +217,21 @@ class ConvRule(LayerRule):
         return LayerDims(module.groups, positions, patch, module.out_channels // module.groups)
 
     def features(self, module, roles, inputs, cotangents, form):
-        weight_scale = 1.0 if "weight" in roles else None
-        bias_scale = 1.0 if "bias" in roles else None
         groups = module.groups
-        patches, cots = [], []
-        for a, g in zip(inputs, cotangents):
-            patches.append(_augment(conv_patches(module, a), weight_scale, bias_scale))
-            n, outputs, channels = g.shape[:3]
-            # (n, O, C_out, *S) -> (n, O, G, L, C_out/G)
-            cots.append(g.reshape(n, outputs, groups, channels // groups, -1).transpose(3, 4))
-        patches, cots = torch.cat(patches, 2), torch.cat(cots, 3)
-        return [_grad_from_positions(patches, cots) if form == "grad" else PositionGram(patches, cots)]
+        # cotangents (n, O, C_out, *S) -> (n, O, G, C_out/G, L)
+        cots = [g.reshape(*g.shape[:2], groups, g.shape[2] // groups, -1) for g in cotangents]
+        if form == "gram":
+            weight_scale = 1.0 if "weight" in roles else None
+            bias_scale = 1.0 if "bias" in roles else None
+            patches = _cat([_augment(conv_patches(module, a), weight_scale, bias_scale) for a in inputs], 2)
+            return [PositionGram(patches, _cat([g.transpose(3, 4) for g in cots], 3))]
+        feats = []
+        if "weight" in roles:
+            feats.append(GradFeature(_sum_calls([_weight_gradient(g, conv_patches(module, a))
+                                                 for a, g in zip(inputs, cots)])))
+        if "bias" in roles:
+            feats.append(GradFeature(_sum_calls([g.sum(-1).reshape(g.shape[0], g.shape[1], -1) for g in cots])))
+        return feats
 
 
 class EmbeddingRule(LayerRule):
@@ -217,8 +251,8 @@ class EmbeddingRule(LayerRule):
         return module.num_embeddings
 
     def features(self, module, roles, inputs, cotangents, form):
-        ids = torch.cat([a.reshape(a.shape[0], -1) for a in inputs], 1)
-        cots = torch.cat([_cotangent_positions(g, 1) for g in cotangents], 2)
+        ids = _cat([a.reshape(a.shape[0], -1) for a in inputs], 1)
+        cots = _cat([_cotangent_positions(g, 1) for g in cotangents], 2)
         if module.padding_idx is not None:
             cots = cots * (ids != module.padding_idx)[:, None, :, None]
         if form == "gram":

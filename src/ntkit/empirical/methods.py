@@ -21,7 +21,7 @@ from .model_function import ModelFunction
 from .probe import ModelStructure
 from .vector_products import vector_product_block
 
-__all__ = ["LayerwiseMethod", "JacobianMethod", "VectorProductMethod", "reduce_full"]
+__all__ = ["LayerwiseMethod", "JacobianMethod", "VectorProductMethod", "reduce_full", "slice_features"]
 
 
 def _itemsize(dtype) -> int:
@@ -30,6 +30,14 @@ def _itemsize(dtype) -> int:
 
 def _outputs_per_pair(outputs: int, mode: str) -> int:
     return outputs * outputs if mode == "full" else (1 if mode == "trace" else outputs)
+
+
+def slice_features(feats, rows: slice):
+    """Features of a sub-range of a chunk's samples: every tensor of every feature sliced on its sample axis
+    (the inputs themselves for vector products)."""
+    if isinstance(feats, torch.Tensor):
+        return feats[rows]
+    return [type(f)(*(t[rows] for t in vars(f).values())) for f in feats]
 
 
 def reduce_full(full: torch.Tensor, mode: str) -> torch.Tensor:
@@ -47,6 +55,7 @@ class _ContractingMethod:
         self.fn, self.structure, self.mode = fn, structure, mode
         self.outputs = structure.outputs
         self.itemsize = _itemsize(fn.dtype)
+        self.out_m = _outputs_per_pair(self.outputs, mode)
 
     def contract(self, feats1, feats2) -> torch.Tensor:
         n1, n2 = self._rows(feats1), self._rows(feats2)
@@ -60,9 +69,12 @@ class _ContractingMethod:
         first = next(iter(vars(feats[0]).values()))
         return first.shape[0]
 
+    def _count(self, names) -> int:
+        return sum(self.fn.params[name].numel() for name in names)
+
     def _rest_costs(self, names) -> tuple[int, int]:
         """(per-sample transient, per-sample feature) bytes of the Jacobian path for ``names``."""
-        count = sum(self.fn.params[name].numel() for name in names)
+        count = self._count(names)
         if not count:
             return 0, 0
         jac = self.outputs * count * self.itemsize
@@ -71,7 +83,10 @@ class _ContractingMethod:
 
 
 class LayerwiseMethod(_ContractingMethod):
+    """Fast-path layers by structured features (``layerwise.py``), other parameters by per-sample Jacobians."""
+
     name = "layerwise"
+    working_set = 128 * 2 ** 20  # bytes of transient tensors per chunk that the planner aims for
 
     def __init__(self, fn, structure, mode, n1: int, n2: int):
         super().__init__(fn, structure, mode)
@@ -83,8 +98,6 @@ class LayerwiseMethod(_ContractingMethod):
                                                             layer.rule.dense_patch(layer.module)))
 
     def features(self, x: torch.Tensor) -> list:
-        if not x.shape[0]:
-            return []
         feats = []
         if self.structure.fast_layers:
             _, captured = capture_layers(self.fn, self.structure.fast_layers, x)
@@ -93,43 +106,59 @@ class LayerwiseMethod(_ContractingMethod):
                 feats += layer.rule.features(layer.module, layer.roles, inputs, cotangents, form)
         return feats + jacobian_features(self.fn, self.structure.rest_names, x)
 
-    def cost(self) -> Cost:
-        o, size = self.outputs, self.itemsize
-        out_elems = sum(math.prod(s) for layer in self.structure.fast_layers for s in layer.out_shapes)
-        transient = self.structure.activation_bytes + size * (2 + 2 * o) * out_elems
-        feature, pair = 0, 0
+    def _layer_sizes(self):
+        """Per fast layer: (feature elements per sample, transient elements per sample, pair elements, pair
+        multiply-adds)."""
+        o = self.outputs
         for layer in self.structure.fast_layers:
             if layer.name not in self.forms:  # affine norms: per-sample gradients of the (few) parameters
-                count = sum(self.fn.params[p].numel() for p in layer.roles.values())
-                feature += o * count * size
+                count = self._count(layer.roles.values())
+                yield o * count, 0, 0, self.out_m * count
                 continue
             dims, form = self.forms[layer.name]
             g, pos, k, c = dims.groups, dims.positions, dims.patch, dims.channels
-            transient += size * g * pos * k  # the patches (im2col)
             dense_patch = layer.rule.dense_patch(layer.module) or k
             if pos == 1 and isinstance(layer.rule, LinearRule):
-                feature += size * (k + o * c)
-                pair = max(pair, size * (1 + _outputs_per_pair(o, self.mode)))
+                yield k + o * c, 0, 1 + self.out_m, k + self.out_m * c
             elif form == "grad":
-                feature += size * o * g * c * dense_patch
+                yield o * g * c * dense_patch, g * pos * k, 0, self.out_m * g * c * dense_patch
             else:
-                feature += size * g * pos * (k + o * c)
-                pair = max(pair, size * g * pos * (pos + o * c))
+                yield g * pos * (k + o * c), g * pos * k, g * pos * (pos + o * c), \
+                    g * pos * (pos * (k + o * c) + self.out_m * c)
+
+    def pair_flops(self) -> int:
+        rest = self.out_m * self._count(self.structure.rest_names)
+        return rest + sum(sizes[3] for sizes in self._layer_sizes())
+
+    def cost(self) -> Cost:
+        size = self.itemsize
+        out_elems = sum(math.prod(s) for layer in self.structure.fast_layers for s in layer.out_shapes)
+        transient = self.structure.activation_bytes + size * (2 + 2 * self.outputs) * out_elems
+        feature, pair = 0, 0
+        for layer_feature, layer_transient, layer_pair, _ in self._layer_sizes():
+            feature += size * layer_feature
+            transient += size * layer_transient
+            pair = max(pair, size * layer_pair)
         rest_transient, rest_feature = self._rest_costs(self.structure.rest_names)
-        block = 3 * _outputs_per_pair(o, self.mode) * size  # accumulator, a product, the public-layout copy
+        block = 3 * self.out_m * size  # accumulator, a product, the public-layout copy
         return Cost(per_sample=transient + rest_transient, feature=feature + rest_feature, per_pair=block + pair,
                     fixed=self.fn.parameter_bytes())
 
 
 class JacobianMethod(_ContractingMethod):
+    """Every parameter by per-sample Jacobians, vmap(jacrev), contracted."""
+
     name = "jacobian"
 
     def features(self, x: torch.Tensor) -> list:
         return jacobian_features(self.fn, list(self.fn.params), x)
 
+    def pair_flops(self) -> int:
+        return self.out_m * self.fn.num_params
+
     def cost(self) -> Cost:
         transient, feature = self._rest_costs(list(self.fn.params))
-        block = 3 * _outputs_per_pair(self.outputs, self.mode) * self.itemsize
+        block = 3 * self.out_m * self.itemsize
         return Cost(per_sample=transient, feature=feature, per_pair=block, fixed=self.fn.parameter_bytes())
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from .layerwise import LayerRule, find_rule
 from .model_function import ModelFunction
@@ -51,6 +50,18 @@ class ModelStructure:
     fallbacks: dict[str, str]  # module name -> why the fast path does not take it
 
 
+def _tensors(tree):
+    """The tensors in nested tuples, lists and dicts (torch calls' arguments and results)."""
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, (tuple, list)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
 def _has_own_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None))
@@ -69,16 +80,14 @@ class _UsageWatcher(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.stack:
-            for leaf in tree_flatten((args, kwargs))[0]:
-                if isinstance(leaf, torch.Tensor):
-                    owner = self.owner_of.get(id(leaf))
-                    if owner is not None and owner is not self.stack[-1]:
-                        self.foreign.add(id(leaf))
+            for leaf in _tensors((args, kwargs)):
+                owner = self.owner_of.get(id(leaf))
+                if owner is not None and owner is not self.stack[-1]:
+                    self.foreign.add(id(leaf))
         result = func(*args, **kwargs)
         if self.stack:
-            for leaf in tree_flatten(result)[0]:
-                if isinstance(leaf, torch.Tensor):
-                    self.created_bytes += leaf.numel() * leaf.element_size()
+            for leaf in _tensors(result):
+                self.created_bytes += leaf.numel() * leaf.element_size()
         return result
 
 
