@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "empirical_ntk": "ntkit.empirical",
     "empirical_nngp": "ntkit.empirical",
+    "width_convergence": "ntkit.empirical",
     "GradientFlow": "ntkit.dynamics",
     "kernel_gradient_descent": "ntkit.dynamics",
     "ensemble_prediction": "ntkit.dynamics",

@@ -3,5 +3,6 @@ NTK-vector products, chunked under a memory budget), the empirical NNGP, and wid
 infinite-width limit of an ntkit architecture."""
 
 from .api import empirical_nngp, empirical_ntk
+from .convergence import WidthConvergence, width_convergence
 
-__all__ = ["empirical_ntk", "empirical_nngp"]
+__all__ = ["empirical_ntk", "empirical_nngp", "width_convergence", "WidthConvergence"]
