@@ -1,0 +1,181 @@
+"""Bad inputs, models without a per-sample Jacobian, and the calling contexts (no_grad, dtypes, numpy, ids)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import ntkit as nk
+from ntkit.empirical import empirical_nngp, empirical_ntk
+from empirical_models import DT, TokenModel, brute_force_ntk, mlp_inputs, mlp_model
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def net():
+    return mlp_model()
+
+
+# ----- arguments -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(output="block"), ValueError, "output must be one of"),
+    (dict(method="exact"), ValueError, "method must be one of"),
+    (dict(batch_size=0), ValueError, "batch_size must be a positive integer"),
+    (dict(batch_size=2.5), TypeError, "batch_size must be a positive integer"),
+    (dict(max_memory=-1), ValueError, "max_memory must be a positive"),
+    (dict(max_memory="2GB"), TypeError, "max_memory must be a number of bytes"),
+])
+def test_bad_options_are_named(net, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        empirical_ntk(net, mlp_inputs(3), **kwargs)
+
+
+def test_bad_inputs_are_named(net):
+    x = mlp_inputs(3)
+    with pytest.raises(ValueError, match="same sample shape"):
+        empirical_ntk(net, x, torch.randn(2, 4, dtype=DT))
+    bad = x.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"x1 contains 1 non-finite value\(s\).*index \(1, 2\)"):
+        empirical_ntk(net, bad)
+    with pytest.raises(ValueError, match="x2 contains"):
+        empirical_ntk(net, x, bad)
+    with pytest.raises(ValueError, match="x1 is empty"):
+        empirical_ntk(net, x[:0])
+    with pytest.raises(TypeError, match="x1 must be a torch.Tensor"):
+        empirical_ntk(net, "points")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        empirical_ntk(lambda t: t, x)
+    with pytest.raises(TypeError, match="give both as floats or both as integer ids"):
+        empirical_ntk(net, x, torch.zeros(2, 5, dtype=torch.long))
+
+
+def test_model_errors_are_clear(net):
+    x = mlp_inputs(3)
+    with pytest.raises(ValueError, match="DenseModule expects inputs with 5 features"):
+        empirical_ntk(net, torch.randn(3, 4, dtype=DT))  # the model's own error, unchanged
+
+    class ReturnsTuple(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    with pytest.raises(TypeError, match="must return one tensor"):
+        empirical_ntk(ReturnsTuple(), x)
+
+    class DropsBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 2).double()
+
+        def forward(self, x):
+            return self.lin(x).sum(0)
+
+    with pytest.raises(ValueError, match="batch axis first"):
+        empirical_ntk(DropsBatch(), x)
+
+
+@pytest.mark.parametrize("layer, match", [
+    (nn.BatchNorm1d(4), "BatchNorm1d in training mode uses batch statistics"),
+    (nn.Dropout(0.3), "Dropout in training mode is random"),
+    (nn.BatchNorm1d(4, track_running_stats=False).eval(), "track_running_stats=False"),
+])
+def test_batch_coupled_or_random_layers_ask_for_eval(layer, match):
+    model = nn.Sequential(nn.Linear(5, 4), layer, nn.Linear(4, 1)).double()
+    for fn in (empirical_ntk, empirical_nngp):
+        with pytest.raises(ValueError, match=match + r".*Call model\.eval\(\)"):
+            fn(model, mlp_inputs(3))
+    model.eval()
+    if isinstance(layer, nn.BatchNorm1d) and not layer.track_running_stats:
+        return
+    x = mlp_inputs(3)
+    torch.testing.assert_close(empirical_ntk(model, x), brute_force_ntk(model, x), rtol=1e-10, atol=1e-10)
+
+
+def test_hidden_batch_coupling_is_detected():
+    """A custom layer that normalises over the batch is not caught by type, but by f(x[:2]) != [f(x0), f(x1)]."""
+
+    class BatchCentre(nn.Module):
+        def forward(self, x):
+            return x - x.mean(0, keepdim=True)
+
+    model = nn.Sequential(nn.Linear(5, 4), BatchCentre(), nn.Linear(4, 1)).double()
+    with pytest.raises(ValueError, match="depends on the other samples in the batch"):
+        empirical_ntk(model, mlp_inputs(3))
+
+
+def test_nonfinite_model_output_is_refused():
+    model = nn.Sequential(nn.Linear(5, 2)).double()
+    with torch.no_grad():
+        model[0].weight.fill_(1e300)
+    with pytest.raises(FloatingPointError):
+        empirical_ntk(model, mlp_inputs(3) * 1e10)
+
+
+# ----- contexts, dtypes, devices --------------------------------------------------------------------------------
+
+def test_works_under_no_grad_and_inference_mode(net):
+    x = mlp_inputs(4)
+    reference = empirical_ntk(net, x)
+    with torch.no_grad():
+        torch.testing.assert_close(empirical_ntk(net, x), reference, rtol=0, atol=0)
+    with torch.inference_mode():
+        x_inference = mlp_inputs(4)
+        torch.testing.assert_close(empirical_ntk(net, x_inference, method="jacobian"), reference, rtol=1e-12,
+                                   atol=1e-12)
+    assert all(p.grad is None for p in net.parameters())  # the model's .grad fields are never touched
+
+
+def test_result_dtype_follows_the_inputs():
+    net32 = nk.mlp(1, 8, 2).build(3, seed=0)  # float32 parameters
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    k32 = empirical_ntk(net32, x.float())
+    k64 = empirical_ntk(net32, x)  # float64 inputs: the same weights, computed in float64
+    assert k32.dtype == torch.float32 and k64.dtype == torch.float64
+    # float32 carries ~7 digits: the two agree to float32 rounding of O(10) entries.
+    torch.testing.assert_close(k32.double(), k64, rtol=1e-5, atol=1e-5)
+    net64 = nk.mlp(1, 8, 2).build(3, seed=0)
+    net64.load_state_dict(net32.state_dict())
+    torch.testing.assert_close(k64, brute_force_ntk(net64.double(), x), rtol=1e-10, atol=1e-10)
+
+
+def test_numpy_inputs_and_integer_ids():
+    net = mlp_model()
+    x = mlp_inputs(3)
+    torch.testing.assert_close(empirical_ntk(net, x.numpy()), empirical_ntk(net, x), rtol=0, atol=0)
+    torch.manual_seed(0)
+    tokens = TokenModel().double().eval()
+    ids = np.array([[1, 2, 0, 3, 3], [4, 4, 4, 0, 0]])
+    kernel = empirical_ntk(tokens, ids)  # integer inputs: the model's dtype
+    assert kernel.dtype == torch.float64
+    torch.testing.assert_close(kernel, brute_force_ntk(tokens, torch.from_numpy(ids)), rtol=1e-10, atol=1e-10)
+
+
+def test_model_on_another_device_is_refused():
+    if not torch.cuda.is_available():
+        net = mlp_model()
+        net.to("meta")
+        with pytest.raises(ValueError, match="is on meta but the inputs are on cpu"):
+            empirical_ntk(net, mlp_inputs(2))
+        return
+    with pytest.raises(ValueError, match="is on cpu but the inputs are on cuda"):
+        empirical_ntk(mlp_model(), mlp_inputs(2).cuda())
+
+
+def test_no_trainable_parameters_gives_zeros():
+    net = mlp_model().requires_grad_(False)
+    kernel = empirical_ntk(net, mlp_inputs(3), output="diagonal")
+    assert kernel.shape == (3, 3, 3) and not kernel.any()
+
+
+def test_frozen_parameters_are_excluded():
+    """Freezing the first layer removes exactly its share: Θ = Θ_rest when its parameters are frozen."""
+    net = mlp_model()
+    x = mlp_inputs(4)
+    full = empirical_ntk(net, x)
+    net[0].requires_grad_(False)
+    frozen = empirical_ntk(net, x)
+    torch.testing.assert_close(frozen, brute_force_ntk(net, x), rtol=1e-10, atol=1e-10)
+    assert bool((full.diagonal(dim1=0, dim2=1) > frozen.diagonal(dim1=0, dim2=1)).any())
+    net[0].requires_grad_(True)

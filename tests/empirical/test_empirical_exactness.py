@@ -1,0 +1,166 @@
+"""Every method and output mode against brute-force per-sample autograd Jacobians (float64, 1e-10).
+
+The zoo (empirical_models.py) covers an nk.mlp built network (DenseModule scales), CNNs with stride, padding
+(zeros, reflect, circular, 'same'), dilation and groups in 1, 2 and 3 dimensions, a residual block with
+LayerNorm, an embedding model with padding_idx and a position-wise Linear and GroupNorm, a model with a free
+nn.Parameter, a frozen layer and a custom layer, tied weights, and eval-mode BatchNorm.
+"""
+
+import pytest
+import torch
+
+import ntkit as nk
+import ntkit.empirical.methods as methods_module
+from ntkit.empirical import empirical_ntk
+from empirical_models import ZOO, brute_force_ntk, reduce_output
+
+METHODS = ("auto", "layerwise", "jacobian", "vector_products")
+OUTPUTS = ("full", "trace", "diagonal")
+TOL = dict(rtol=1e-10, atol=1e-10)
+# torch loads its forward-AD (jvp) decompositions through torch.jit.script, which warns on torch 2.13.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def references():
+    """Per model: the model, x1 (4 samples), x2 (3 samples), brute-force full NTKs Θ(x1, x1) and Θ(x1, x2)."""
+    out = {}
+    for name, (make_model, make_inputs) in ZOO.items():
+        model = make_model()
+        x1, x2 = make_inputs(4, 0), make_inputs(3, 1)
+        out[name] = (model, x1, x2, brute_force_ntk(model, x1), brute_force_ntk(model, x1, x2))
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_method_and_output_matches_brute_force(references, name, method):
+    model, x1, x2, ref11, ref12 = references[name]
+    for output in OUTPUTS:
+        symmetric = empirical_ntk(model, x1, output=output, method=method)
+        cross = empirical_ntk(model, x1, x2, output=output, method=method)
+        torch.testing.assert_close(symmetric, reduce_output(ref11, output), **TOL)
+        torch.testing.assert_close(cross, reduce_output(ref12, output), **TOL)
+        assert symmetric.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_x2_none_equals_x2_is_x1_and_is_exactly_symmetric(references, name):
+    model, x1, _, _, _ = references[name]
+    symmetric = empirical_ntk(model, x1)
+    torch.testing.assert_close(symmetric, empirical_ntk(model, x1, x1.clone()), **TOL)
+    # Θ(x, x')_ab = Θ(x', x)_ba holds bit for bit: mirrored blocks are copies, diagonal blocks symmetrised.
+    assert torch.equal(symmetric, symmetric.permute(1, 0, 3, 2))
+
+
+@pytest.mark.parametrize("form", ["gram", "grad"])
+@pytest.mark.parametrize("name", ["strided_cnn", "grouped_cnn", "tokens"])
+def test_both_contraction_forms_of_weight_sharing_layers(references, name, form, monkeypatch):
+    """Conv, position-wise Linear and Embedding layers have two exact contractions (position Gram or per-sample
+    gradient); the cost model picks one, so force each in turn."""
+    monkeypatch.setattr(methods_module, "choose_form", lambda *args, **kwargs: form)
+    model, x1, x2, ref11, ref12 = references[name]
+    for output in OUTPUTS:
+        torch.testing.assert_close(empirical_ntk(model, x1, x2, output=output, method="layerwise"),
+                                   reduce_output(ref12, output), **TOL)
+    torch.testing.assert_close(empirical_ntk(model, x1, method="layerwise"), ref11, **TOL)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+@pytest.mark.parametrize("method", ["layerwise", "jacobian", "vector_products"])
+def test_chunked_blocks_equal_the_whole(references, method, batch_size):
+    """Blocks of 1-3 samples (ragged last block, mirrored blocks below the diagonal) give the same kernel."""
+    model, x1, x2, ref11, ref12 = references["strided_cnn"]
+    torch.testing.assert_close(empirical_ntk(model, x1, method=method, batch_size=batch_size), ref11, **TOL)
+    torch.testing.assert_close(empirical_ntk(model, x1, x2, output="trace", method=method, batch_size=batch_size),
+                               reduce_output(ref12, "trace"), **TOL)
+
+
+def test_methods_agree_on_a_larger_mlp():
+    """All methods agree with each other on 70 points, which the planner splits into several symmetric blocks
+    (the finer tiling for x2=None kicks in above 64 points)."""
+    net = nk.mlp(2, 64, out_features=4, b_std=0.2).build(10, seed=3, dtype=torch.float64)
+    x = torch.randn(70, 10, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    reference = empirical_ntk(net, x, method="jacobian")
+    for method in ("layerwise", "vector_products"):
+        torch.testing.assert_close(empirical_ntk(net, x, method=method), reference, **TOL)
+    for output in ("trace", "diagonal"):
+        torch.testing.assert_close(empirical_ntk(net, x, output=output), reduce_output(reference, output), **TOL)
+
+
+def test_standard_parameterization_and_zero_scales():
+    """nn.Linear-like scales of 1 (standard parameterisation) and a zero bias scale (b_std = 0)."""
+    for arch in (nk.mlp(1, 9, 2, parameterization="standard", b_std=0.5), nk.mlp(2, 9, 2, b_std=0.0)):
+        net = arch.build(3, seed=0, dtype=torch.float64)
+        x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        torch.testing.assert_close(empirical_ntk(net, x), brute_force_ntk(net, x), **TOL)
+
+
+def test_outputs_of_any_shape_are_flattened():
+    """A model returning (N, 2, 3) has O = 6, ordered as reshape(N, -1)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Unflatten(1, (2, 3))).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    kernel = empirical_ntk(model, x)
+    assert kernel.shape == (3, 3, 6, 6)
+    torch.testing.assert_close(kernel, brute_force_ntk(model, x), **TOL)
+
+
+def test_sequence_first_layer_goes_to_the_jacobian_path():
+    """A Linear applied to a (L, N, D) tensor does not have the batch on axis 0: the probe sees it and the
+    result stays exact."""
+
+    class SequenceFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(3, 5)
+            self.head = torch.nn.Linear(5, 2)
+
+        def forward(self, x):  # x (N, L, 3)
+            h = torch.tanh(self.inner(x.transpose(0, 1)))  # (L, N, 5)
+            return self.head(h.mean(0))
+
+    torch.manual_seed(0)
+    model = SequenceFirst().double()
+    x = torch.randn(4, 3, 3, dtype=torch.float64)  # L = N would hide the problem; L = 3, N = 4
+    torch.testing.assert_close(empirical_ntk(model, x), brute_force_ntk(model, x), **TOL)
+    from ntkit.empirical.model_function import ModelFunction
+    from ntkit.empirical.probe import probe_model
+
+    structure = probe_model(ModelFunction(model, torch.float64, x.device), x)
+    assert "inner" in structure.fallbacks and [layer.name for layer in structure.fast_layers] == ["head"]
+
+
+class _InPlace(torch.nn.Module):
+    """ReLU(inplace=True) on a fast layer's output, and (``inplace=True``) a residual ``h += y`` that modifies the
+    input of ``self.b`` after ``self.b`` has read it. With ``inplace=False`` the same function, out of place."""
+
+    def __init__(self, inplace):
+        super().__init__()
+        self.inplace = inplace
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.relu(self.a(x)) * 1.5
+        y = self.b(h)
+        if self.inplace:
+            h += y
+        else:
+            h = h + y
+        return self.head(h)
+
+
+def test_inplace_operations_after_a_fast_layer():
+    """Cotangents are taken at a separate zero leaf, so an in-place ReLU on a layer's output does not corrupt
+    them; an input modified in place after its layer read it is detected (version counter) and re-captured. The
+    in-place model cannot be differentiated by ordinary autograd (self.b's saved input changed), so its
+    reference is the brute-force NTK of the same function written out of place."""
+    torch.manual_seed(1)
+    model = _InPlace(inplace=True).double()
+    twin = _InPlace(inplace=False).double()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(empirical_ntk(model, x, method="layerwise"), brute_force_ntk(twin, x), **TOL)
