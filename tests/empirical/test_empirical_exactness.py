@@ -164,3 +164,54 @@ def test_inplace_operations_after_a_fast_layer():
     twin.load_state_dict(model.state_dict())
     x = torch.randn(5, 4, dtype=torch.float64)
     torch.testing.assert_close(empirical_ntk(model, x, method="layerwise"), brute_force_ntk(twin, x), **TOL)
+
+
+class _WritesIntoNewTensor(torch.nn.Module):
+    """In-place writes of batched values into a fresh tensor: valid autograd, but torch.func.vmap refuses it.
+    ``gain`` is a bare parameter, so even the layerwise path needs per-sample Jacobians."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(3, 4)
+        self.gain = torch.nn.Parameter(torch.linspace(0.5, 2.0, 4))
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x)) * self.gain
+        out = torch.zeros(x.shape[0], 2, dtype=x.dtype)
+        out[:, 0] = h[:, 0] * h[:, 1]
+        out[:, 1] = h[:, 2] + h[:, 3]
+        return out
+
+
+@pytest.mark.parametrize("method", ["layerwise", "jacobian"])
+def test_models_vmap_cannot_batch_fall_back_to_loops(method):
+    torch.manual_seed(2)
+    model = _WritesIntoNewTensor().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="cannot be vmapped"):
+        kernel = empirical_ntk(model, x, method=method)
+    torch.testing.assert_close(kernel, brute_force_ntk(model, x), **TOL)
+
+
+def test_vector_products_fall_back_to_one_column_at_a_time(monkeypatch):
+    """Forward-mode products of that model do batch; make vmap fail to exercise the column loop."""
+    import ntkit.empirical.vector_products as vector_products
+
+    def failing_vmap(*args, **kwargs):
+        def refuse(*a, **k):
+            raise RuntimeError("vmap: not batchable (simulated)")
+
+        return refuse
+
+    monkeypatch.setattr(vector_products, "vmap", failing_vmap)
+    model, x1, x2, _, ref12 = _zoo_entry("grouped_cnn")
+    with pytest.warns(RuntimeWarning, match="cannot be vmapped.*simulated"):
+        kernel = empirical_ntk(model, x1, x2, method="vector_products")
+    torch.testing.assert_close(kernel, ref12, **TOL)
+
+
+def _zoo_entry(name):
+    make_model, make_inputs = ZOO[name]
+    model = make_model()
+    x1, x2 = make_inputs(3, 0), make_inputs(2, 1)
+    return model, x1, x2, brute_force_ntk(model, x1), brute_force_ntk(model, x1, x2)

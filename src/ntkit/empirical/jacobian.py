@@ -3,10 +3,14 @@
 J(x)_{a,p} = ∂f_a(x)/∂θ_p for each sample x of a chunk, by ``vmap(jacrev(f))`` over the samples (the
 construction of PyTorch's torch.func "Neural Tangent Kernels" tutorial). Only the named parameters are
 differentiated; the others are constants. One ``GradFeature`` per parameter, so the Jacobian is never
-concatenated (which would double its memory).
+concatenated (which would double its memory). Models that ``vmap`` cannot batch (in-place writes of batched
+values into new tensors, data-dependent control flow) get the same Jacobian from one autograd pass per sample
+and output, with a warning that this is slow.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch.func import jacrev, vmap
@@ -14,7 +18,27 @@ from torch.func import jacrev, vmap
 from .features import GradFeature
 from .model_function import ModelFunction
 
-__all__ = ["jacobian_features"]
+__all__ = ["jacobian_features", "VMAP_FALLBACK_WARNING"]
+
+VMAP_FALLBACK_WARNING = "cannot be vmapped"
+
+
+def _jacobian_by_loop(fn: ModelFunction, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{name: (n, O, *shape)} from torch.autograd.grad, one sample and one output at a time."""
+    leaves = {name: fn.params[name].detach().requires_grad_() for name in names}
+    rows = {name: [] for name in names}
+    for i in range(x.shape[0]):
+        with torch.enable_grad():
+            out = fn(x[i:i + 1], leaves)[0]
+        per_output = {name: [] for name in names}
+        for a in range(out.shape[0]):
+            grads = torch.autograd.grad(out[a], list(leaves.values()), retain_graph=a < out.shape[0] - 1,
+                                        allow_unused=True)
+            for name, grad in zip(names, grads):
+                per_output[name].append(torch.zeros_like(leaves[name]) if grad is None else grad)
+        for name in names:
+            rows[name].append(torch.stack(per_output[name]))
+    return {name: torch.stack(rows[name]).detach() for name in names}
 
 
 def jacobian_features(fn: ModelFunction, names: list[str], x: torch.Tensor) -> list[GradFeature]:
@@ -30,8 +54,9 @@ def jacobian_features(fn: ModelFunction, names: list[str], x: torch.Tensor) -> l
         with torch.enable_grad():
             jac = vmap(jacrev(single), in_dims=(None, 0))(chosen, x)
     except RuntimeError as err:
-        raise RuntimeError(f"the Jacobian path could not vmap the model over samples ({err}). Models with "
-                           "data-dependent Python control flow or in-place writes into new tensors cannot be "
-                           "batched by torch.func.vmap; use method='vector_products' or rewrite the forward.") from err
+        warnings.warn(f"ntkit.empirical_ntk: the model {VMAP_FALLBACK_WARNING} over samples ({str(err)[:160]}...); "
+                      f"computing the Jacobian of {len(names)} parameter tensor(s) one sample and one output at a "
+                      "time, which is slow", RuntimeWarning, stacklevel=2)
+        jac = _jacobian_by_loop(fn, names, x)
     n = x.shape[0]
     return [GradFeature(jac[name].reshape(n, jac[name].shape[1], -1)) for name in names]

@@ -9,9 +9,12 @@ tutorial's vmap over every (x1, x2) pair.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.func import jvp, vjp, vmap
 
+from .jacobian import VMAP_FALLBACK_WARNING
 from .model_function import ModelFunction
 
 __all__ = ["vector_product_block"]
@@ -31,9 +34,12 @@ def vector_product_block(fn: ModelFunction, x1: torch.Tensor, x2: torch.Tensor, 
         basis = torch.eye(n2 * outputs, dtype=f2.dtype, device=f2.device).view(n2 * outputs, n2, outputs)
         try:
             columns = vmap(column, chunk_size=basis_batch)(basis)
-        except RuntimeError:
+        except RuntimeError as err:
             # vmap cannot batch every model (data-dependent control flow, in-place writes into new tensors):
             # the same products one column at a time.
+            warnings.warn(f"ntkit.empirical_ntk: the model {VMAP_FALLBACK_WARNING} over NTK-vector products "
+                          f"({str(err)[:160]}...); computing them one column at a time, which is slow",
+                          RuntimeWarning, stacklevel=2)
             columns = torch.stack([column(unit) for unit in basis])
     n1 = x1.shape[0]
     return columns.detach().view(n2, outputs, n1, outputs).permute(2, 0, 3, 1)

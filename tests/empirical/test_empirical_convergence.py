@@ -1,0 +1,65 @@
+"""Width convergence: the empirical NTK approaches the infinite-width NTK like width^(-1/2)."""
+
+import math
+
+import pytest
+import torch
+
+import ntkit as nk
+from ntkit.empirical import WidthConvergence, width_convergence
+from ntkit.empirical.convergence import with_width
+
+
+def _sphere_inputs(n=10, d=8):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return x / x.norm(dim=1, keepdim=True) * math.sqrt(d)  # Σ⁽⁰⁾(x, x) = 1
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf"])
+def test_error_falls_like_width_to_the_minus_one_half(activation):
+    """Fit log err = s log n + c over widths 64..1024 and 8 seeds (40 points).
+
+    Tolerance: the fit's own standard error (from the residual scatter of log err, ~0.3 per seed), which for
+    40 points spread over log n ∈ [4.2, 6.9] is about 0.04; finite-width corrections O(1/n) bend the curve
+    slightly at n = 64. |s + 1/2| < 3 standard errors (about 0.12), and the standard error itself must be
+    below 0.08 so that the bound is informative: a non-converging error (s = 0) or an O(1/n) error (s = -1)
+    both fail.
+    """
+    arch = nk.mlp(2, 16, out_features=1, activation=activation, b_std=0.1)
+    result = width_convergence(arch, _sphere_inputs(), widths=[64, 128, 256, 512, 1024], seeds=range(8))
+    slope, _, stderr = result.slope()
+    assert stderr < 0.08
+    assert abs(slope + 0.5) < 3 * stderr, (slope, stderr)
+    mean = result.mean_errors
+    # 16x the width: sqrt(16) = 4x smaller errors expected; require at least 2x.
+    assert float(mean[0] / mean[-1]) > 2.0
+    assert result.errors.shape == (5, 8) and bool((result.errors > 0).all())
+
+
+def test_several_outputs_and_a_factory():
+    """With O outputs the trace / O is compared; a factory width -> architecture works the same."""
+    x = _sphere_inputs(6, 4)
+
+    def factory(width):
+        return nk.Serial(nk.Dense(width, b_std=0.1), nk.Erf(), nk.Dense(3, b_std=0.1))
+
+    result = width_convergence(factory, x, widths=[32, 2048], seeds=[0, 1])
+    assert isinstance(result, WidthConvergence)
+    assert float(result.mean_errors[1]) < float(result.mean_errors[0]) / 3  # sqrt(64) = 8x expected
+
+
+def test_with_width_keeps_the_output_layer_and_the_scales():
+    arch = nk.Serial(nk.Dense(7, w_std=1.5, b_std=0.3), nk.ReLU(), nk.Dense(2, w_std=0.9, b_std=0.1))
+    resized = with_width(arch, 33).flatten()
+    assert resized[0].out_features == 33 and resized[0].w_std == 1.5 and resized[0].b_std == 0.3
+    assert resized[2].out_features == 2 and resized[2].w_std == 0.9
+
+
+def test_bad_arguments():
+    x = _sphere_inputs(4, 3)
+    with pytest.raises(ValueError, match="widths\\[i\\] must be a positive integer"):
+        width_convergence(nk.mlp(1, 4), x, widths=[0])
+    with pytest.raises(TypeError, match="ntkit Layer/Serial or a function"):
+        width_convergence("mlp", x, widths=[8])
+    with pytest.raises(ValueError, match="no Dense layer"):
+        width_convergence(nk.ReLU(), x, widths=[8])

@@ -1,0 +1,119 @@
+"""The layerwise fast path's pieces: im2col patches, which modules it takes, and why it leaves others."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ntkit as nk
+from ntkit.empirical.layerwise import LayerDims, choose_form, conv_patches, find_rule
+from ntkit.empirical.methods import LayerwiseMethod
+from ntkit.empirical.model_function import ModelFunction
+from ntkit.empirical.probe import probe_model
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2),
+    nn.Conv1d(2, 2, 4, padding="same", padding_mode="replicate"),
+    nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
+    nn.Conv2d(3, 4, 3, padding="same", dilation=2, padding_mode="reflect"),
+    nn.Conv2d(3, 3, 2, padding="valid", groups=3),
+    nn.Conv3d(2, 4, (2, 3, 2), stride=(1, 2, 1), padding=(1, 1, 0), groups=2),
+    nn.Conv3d(2, 2, 3, padding=1, padding_mode="circular"),
+])
+def test_patches_reproduce_the_convolution(conv):
+    """Σ_k W_g[c, k] p_g(l)[k] + b = conv(x)[c, l] for every group, channel and position."""
+    conv = conv.double()
+    spatial = len(conv.kernel_size)
+    x = torch.randn(2, conv.in_channels, *([7] * spatial), generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    patches = conv_patches(conv, x)  # (n, G, L, K)
+    groups = conv.groups
+    weight = conv.weight.reshape(groups, conv.out_channels // groups, -1)  # (G, C, K)
+    out = torch.einsum("nglk,gck->ngcl", patches, weight).reshape(2, conv.out_channels, -1)
+    if conv.bias is not None:
+        out = out + conv.bias[None, :, None]
+    torch.testing.assert_close(out, conv(x).reshape(2, conv.out_channels, -1), rtol=1e-12, atol=1e-12)
+
+
+def test_rules_cover_the_known_modules_and_nothing_else():
+    class OwnForward(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class SameForward(nn.Linear):
+        pass
+
+    known = [nn.Linear(2, 3), SameForward(2, 3), nn.Conv1d(1, 1, 1), nn.Conv2d(1, 1, 1), nn.Conv3d(1, 1, 1),
+             nn.Embedding(4, 2), nn.LayerNorm(3), nn.GroupNorm(1, 2), nn.BatchNorm2d(2).eval(),
+             nk.Dense(3).build(2)[0]]
+    unknown = [OwnForward(2, 3), nn.ConvTranspose2d(1, 1, 1), nn.Embedding(4, 2, max_norm=1.0),
+               nn.Embedding(4, 2, scale_grad_by_freq=True), nn.LayerNorm(3, elementwise_affine=False),
+               nn.BatchNorm2d(2), nn.MultiheadAttention(4, 2), nn.Bilinear(2, 2, 1)]
+    assert all(find_rule(m) is not None for m in known)
+    assert all(find_rule(m) is None for m in unknown)
+
+
+def _structure(model, x):
+    return probe_model(ModelFunction(model, torch.float64, x.device), x)
+
+
+def test_probe_sends_shared_hooked_and_foreign_parameters_to_the_jacobian_path():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 3)
+            self.c = nn.Linear(3, 3)
+            self.d = nn.Linear(3, 2)
+            self.d.weight.requires_grad_(False)
+
+        def forward(self, x):
+            h = self.a(x) + self.b.bias  # b's bias read by the parent
+            h = self.b(torch.tanh(h))
+            return self.d(self.c(h) + self.c(h * 2))  # c called twice: still the fast path
+
+    model = Model().double()
+    model.a.register_forward_hook(lambda module, args, output: None)  # a hook of the user's own
+    x = torch.randn(3, 3, dtype=torch.float64)
+    structure = _structure(model, x)
+    assert [layer.name for layer in structure.fast_layers] == ["c", "d"]
+    assert structure.fallbacks == {"a": "the module has hooks of its own",
+                                   "b": "its parameters are also used outside its own forward"}
+    assert structure.rest_names == ["a.weight", "a.bias", "b.weight", "b.bias"]
+    assert structure.fast_layers[1].roles == {"bias": "d.bias"}  # the frozen weight is not a parameter here
+    assert len(structure.fast_layers[0].out_shapes) == 2
+    assert structure.outputs == 2 and structure.activation_bytes > 0
+
+
+def test_cost_model_chooses_grams_for_dense_layers_and_gradients_for_images():
+    net = nk.mlp(2, 64, 3).build(8, seed=0, dtype=torch.float64)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    method = LayerwiseMethod(ModelFunction(net, torch.float64, x.device), _structure(net, x), "full", 256, 256)
+    assert {form for _, form in method.forms.values()} == {"gram"}
+    # A 3x3 convolution on 28x28 images: 784 positions, the position Gram (L² per pair) loses to the per-sample
+    # gradient (C·K per pair); a Linear applied at 4 positions of a short sequence keeps its Gram.
+    image = LayerDims(groups=1, positions=784, patch=289, channels=32)
+    short = LayerDims(groups=1, positions=4, patch=65, channels=64)
+    assert choose_form(image, 64, 64, 10, "full") == "grad"
+    assert choose_form(short, 256, 256, 1, "trace") == "gram"
+    # An embedding with a large vocabulary: the dense gradient (V·D per pair) loses to the index Gram.
+    assert choose_form(LayerDims(1, 16, 1, 32), 128, 128, 1, "full", dense_patch=50_000) == "gram"
+
+
+def test_data_dependent_calls_are_refused_clearly():
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x):
+            for _ in range(int(x.shape[0] > 2) + 1):  # more calls for bigger batches
+                x = self.lin(x)
+            return x
+
+    model = Loop().double()
+    with pytest.raises(RuntimeError, match="ran 2 time\\(s\\) on this batch but 1 time\\(s\\) when probed"):
+        from ntkit.empirical import empirical_ntk
+
+        empirical_ntk(model, torch.randn(4, 2, dtype=torch.float64), method="layerwise")
