@@ -10,7 +10,7 @@ from .._memory import format_bytes
 from .blocks import assemble
 from .checks import (check_batch_size, check_max_memory, check_method, check_model, check_output,
                      check_result_finite, compute_dtype, model_inputs)
-from .memory import ChunkPlan, memory_budget, plan_chunks
+from .memory import ChunkPlan, Cost, memory_budget, plan_chunks
 from .methods import JacobianMethod, LayerwiseMethod, VectorProductMethod, slice_features
 from .model_function import ModelFunction
 from .probe import probe_model
@@ -56,7 +56,9 @@ def _plan_vector_products(method: VectorProductMethod, n1, n2, symmetric, output
     room = budget - output_bytes - method.fn.parameter_bytes() - method.structure.activation_bytes
     columns = room // method.column_bytes(1) if room > 0 else 0
     if columns < 1:
-        need = output_bytes + 2 * method.fn.parameter_bytes() + method.structure.activation_bytes
+        # the parameters, the vjp's forward of one sample, and one column (a parameter-sized cotangent and the
+        # jvp's forward of one sample)
+        need = output_bytes + method.fn.parameter_bytes() + method.structure.activation_bytes
         need += method.column_bytes(1)
         raise MemoryError(f"{what} needs about {format_bytes(need)} even one sample and one column at a time (the "
                           f"result alone is {format_bytes(output_bytes)}), but the budget is {format_bytes(budget)}. "
@@ -69,7 +71,7 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
                   max_memory: int | float | None = None, progress: bool | None = None) -> torch.Tensor:
     r"""The empirical (finite-width) NTK of any ``torch.nn.Module`` at its current parameters.
 
-        Θ(x, x')_ab = Σ_p ∂f_a(x)/∂θ_p · ∂f_b(x')/∂θ_p        (Jacot, Gabriel & Hongler 2018, eq. (2))
+        Θ(x, x')_ab = Σ_p ∂f_a(x)/∂θ_p · ∂f_b(x')/∂θ_p        (Jacot, Gabriel & Hongler 2018)
 
     over the trainable parameters θ (``requires_grad=False`` ones are excluded); f(x) is the model's output for
     the single sample x, flattened to O values. Under gradient descent with learning rate η on the cost
@@ -124,8 +126,11 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
             block = min(chunk, -(-n1 // 4))
             chunk -= chunk % block
         result = torch.empty(shape, dtype=fn.dtype, device=fn.device)
-        assemble(n1, n2, symmetric, chunk, block, plan.cache, lambda side, rows: chosen.features(sides[side - 1][rows]),
-                 slice_features, chosen.contract, result, output, progress, f"empirical NTK ({chosen.name})")
+        def features(side, rows):
+            return chosen.features(sides[side - 1][rows])
+
+        assemble(n1, n2, symmetric, chunk, block, plan.cache, features, slice_features, chosen.contract, result,
+                 output, progress, f"empirical NTK ({chosen.name})")
     return check_result_finite(result, "the empirical NTK")
 
 
@@ -177,8 +182,6 @@ def empirical_nngp(model, x1, x2=None, *, output: str = "full", batch_size: int 
         itemsize = torch.empty((), dtype=fn.dtype).element_size()
         output_bytes = torch.Size(shape).numel() * itemsize
         budget = memory_budget(max_memory, fn.device)
-        from .memory import Cost
-
         per_sample = structure.activation_bytes + 2 * outputs * itemsize
         plan = plan_chunks(Cost(per_sample, 0, 0, 0), n1, n2, x2 is None, output_bytes, budget, batch_size,
                            f"the empirical NNGP ({n1}x{n2}, output={output!r})")

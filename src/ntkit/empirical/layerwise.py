@@ -56,7 +56,8 @@ def choose_form(dims: LayerDims, n1: int, n2: int, outputs: int, mode: str, dens
     g, pos, k, c = dims.groups, dims.positions, dims.patch, dims.channels
     out_m = outputs * outputs if mode == "full" else outputs
     k_dense = k if dense_patch is None else dense_patch
-    grad_cost = (n1 + n2) * outputs * g * pos * c * (k if dense_patch is None else 1) + n1 * n2 * out_m * g * c * k_dense
+    form_cost = (n1 + n2) * outputs * g * pos * c * (k if dense_patch is None else 1)  # scatter: no K factor
+    grad_cost = form_cost + n1 * n2 * out_m * g * c * k_dense
     gram_cost = n1 * n2 * g * pos * pos * (k + outputs * c) + n1 * n2 * out_m * g * pos * c
     return "grad" if grad_cost < gram_cost else "gram"
 
@@ -160,7 +161,8 @@ class LinearRule(LayerRule):
             return [PositionGram(augmented[:, None], _cat(cots, 2)[:, :, None])]
         feats = []
         if weight_scale is not None:
-            jac = _sum_calls([_weight_gradient(g.transpose(2, 3)[:, :, None], p[:, None]) for p, g in zip(patches, cots)])
+            jac = _sum_calls([_weight_gradient(g.transpose(2, 3)[:, :, None], p[:, None])
+                              for p, g in zip(patches, cots)])
             feats.append(GradFeature(jac if weight_scale == 1.0 else jac * weight_scale))
         if bias_scale is not None:
             feats.append(GradFeature(_sum_calls([g.sum(2) for g in cots]) * bias_scale))
@@ -209,11 +211,9 @@ class ConvRule(LayerRule):
     module_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
     def dims(self, module, in_shapes, out_shapes, roles):
-        spatial = len(module.kernel_size)
         positions = sum(math.prod(shape[1:]) for shape in out_shapes)
         patch = (module.in_channels // module.groups) * math.prod(module.kernel_size) * ("weight" in roles)
         patch += "bias" in roles
-        del spatial
         return LayerDims(module.groups, positions, patch, module.out_channels // module.groups)
 
     def features(self, module, roles, inputs, cotangents, form):

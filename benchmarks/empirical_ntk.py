@@ -1,0 +1,211 @@
+"""Empirical NTK: ``nk.empirical_ntk`` against the torch.func tutorial's Jacobian contraction, side by side.
+
+The competitor is the "Jacobian contraction" of PyTorch's torch.func tutorial "Neural Tangent Kernels", written
+here from its description: per-sample Jacobians ``vmap(jacrev(fnet_single), (None, 0))(params, x)`` for x1 and for
+x2, each flattened per parameter, then ``einsum('Naf,Mbf->NMab')`` (full) or ``einsum('Naf,Maf->NM')`` (trace)
+per parameter, summed over parameters. Both run in this process on the same float32 model and inputs.
+
+Workloads (issue 3): the MLP of width 512, 3 hidden layers, d = 64, N = 256 with O = 1 and O = 10 (full);
+width 2048, N = 128; the tutorial's CNN (three 3x3 convolutions of 32 channels, ReLU after the first two, then
+Linear(21632, 10)) on 64 x 3 x 32 x 32 inputs, full and trace; and N = 4,096 for the first MLP (ntkit only: the
+tutorial's two Jacobians alone would need 17 GiB). ntkit is called as a user would, with x2=None; the tutorial
+as written, with x1 = x2 = x (it computes both Jacobians).
+
+Timings are medians over repeats after a warm-up on 4 points. Peak memory is measured in a fresh process per
+workload and implementation (this script with --memory-of), started with MALLOC_MMAP_THRESHOLD_=65536 so that
+freed tensors go back to the system: the rise of the peak resident set (VmHWM, reset through
+/proc/self/clear_refs) over one run, after the warm-up. Timings on a shared CPU are noisy.
+
+    .venv/bin/python benchmarks/empirical_ntk.py [--repeats 5] [--competitor-repeats 3] [--skip-slow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+import ntkit as nk
+from ntkit._memory import available_bytes
+
+
+# ----- the competitor: the tutorial's Jacobian contraction -------------------------------------------------------
+
+def tutorial_jacobian_contraction(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, compute: str = "full"):
+    """The torch.func tutorial's empirical NTK by Jacobian contraction (re-implemented, not copied)."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def fnet_single(parameters, x):
+        return functional_call(model, parameters, (x.unsqueeze(0),)).squeeze(0)
+
+    jac1 = vmap(jacrev(fnet_single), (None, 0))(params, x1)
+    jac1 = [j.flatten(2) for j in jac1.values()]
+    jac2 = vmap(jacrev(fnet_single), (None, 0))(params, x2)
+    jac2 = [j.flatten(2) for j in jac2.values()]
+    expression = {"full": "Naf,Mbf->NMab", "trace": "Naf,Maf->NM"}[compute]
+    return torch.stack([torch.einsum(expression, j1, j2) for j1, j2 in zip(jac1, jac2)]).sum(0)
+
+
+# ----- workloads -------------------------------------------------------------------------------------------------
+
+class TutorialCNN(nn.Module):
+    """The CNN of the torch.func NTK tutorial."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, (3, 3))
+        self.conv2 = nn.Conv2d(32, 32, (3, 3))
+        self.conv3 = nn.Conv2d(32, 32, (3, 3))
+        self.fc = nn.Linear(21632, 10)
+
+    def forward(self, x):
+        x = self.conv1(x).relu()
+        x = self.conv2(x).relu()
+        x = self.conv3(x)
+        return self.fc(x.flatten(1))
+
+
+def mlp(width: int, outputs: int) -> nn.Module:
+    return nk.mlp(3, width, out_features=outputs, b_std=0.1).build(64, seed=0)
+
+
+def workloads(skip_slow: bool):
+    """(name, model, inputs, output, run the tutorial too)."""
+    g = torch.Generator().manual_seed(0)
+    x256 = torch.randn(256, 64, generator=g)
+    torch.manual_seed(0)
+    cnn, images = TutorialCNN(), torch.randn(64, 3, 32, 32, generator=g)
+    return [
+        ("MLP w=512, N=256, O=1, full", mlp(512, 1), x256, "full", True),
+        ("MLP w=512, N=256, O=10, full", mlp(512, 10), x256, "full", not skip_slow),
+        ("MLP w=2048, N=128, O=1, full", mlp(2048, 1), x256[:128], "full", True),
+        ("tutorial CNN, N=64, O=10, full", cnn, images, "full", True),
+        ("tutorial CNN, N=64, O=10, trace", cnn, images, "trace", True),
+        ("MLP w=512, N=4096, O=1, full", mlp(512, 1), torch.randn(4096, 64, generator=g), "full", False),
+    ]
+
+
+# ----- measurement -----------------------------------------------------------------------------------------------
+
+def median_time(fn, repeats: int):
+    """(median seconds over ``repeats`` calls, the last call's result)."""
+    durations, result = [], None
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        result = fn()
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations), result
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def peak_memory_mib(fn) -> float | None:
+    """Rise of the peak resident set during one call, in MiB (None where /proc cannot be reset)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def measure_memory(index: int, implementation: str) -> float | None:
+    """Peak memory of one workload and implementation, measured in a fresh child process."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    done = subprocess.run([sys.executable, __file__, "--memory-of", str(index), implementation], env=env,
+                          capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _child_memory(index: int, implementation: str) -> None:
+    name, model, x, output, _ = workloads(False)[index]
+    model.eval()
+    run = {"ntkit": lambda: nk.empirical_ntk(model, x, output=output),
+           "tutorial": lambda: tutorial_jacobian_contraction(model, x, x, output)}[implementation]
+    warm = {"ntkit": lambda: nk.empirical_ntk(model, x[:4], output=output),
+            "tutorial": lambda: tutorial_jacobian_contraction(model, x[:4], x[:4], output)}[implementation]
+    warm()
+    peak = peak_memory_mib(run)
+    print("nan" if peak is None else f"{peak:.1f}")
+
+
+def tutorial_bytes(model: nn.Module, n: int, outputs: int) -> int:
+    """The tutorial's two per-sample Jacobians (float32), the bulk of its memory."""
+    return 2 * n * outputs * sum(p.numel() for p in model.parameters()) * 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of ntkit per case")
+    parser.add_argument("--competitor-repeats", type=int, default=3, help="timed runs of the tutorial per case")
+    parser.add_argument("--skip-slow", action="store_true", help="skip the tutorial on MLP O=10 (about a minute "
+                                                                    "per run and 11 GiB)")
+    parser.add_argument("--memory-of", nargs=2, metavar=("INDEX", "IMPLEMENTATION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        _child_memory(int(args.memory_of[0]), args.memory_of[1])
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    rows = []
+    for index, (name, model, x, output, run_competitor) in enumerate(workloads(args.skip_slow)):
+        model.eval()
+        with torch.no_grad():
+            outputs = model(x[:1]).numel()
+
+        def ours():
+            return nk.empirical_ntk(model, x, output=output)
+
+        def theirs():
+            return tutorial_jacobian_contraction(model, x, x, output)
+
+        nk.empirical_ntk(model, x[:4], output=output)  # warm-up (first-call overheads of torch.func, allocator)
+        ours_s, ours_k = median_time(ours, args.repeats)
+        ours_mib = measure_memory(index, "ntkit")
+        need = tutorial_bytes(model, x.shape[0], outputs)
+        theirs_s = theirs_mib = rel_diff = None
+        note = ""
+        if run_competitor and need * 1.3 < available_bytes("cpu"):
+            tutorial_jacobian_contraction(model, x[:4], x[:4], output)  # warm-up
+            theirs_s, theirs_k = median_time(theirs, args.competitor_repeats)
+            theirs_mib = measure_memory(index, "tutorial")
+            rel_diff = float((ours_k - theirs_k).abs().max() / theirs_k.abs().max())
+        else:
+            note = f"tutorial not run (its Jacobians alone: {need / 2 ** 30:.1f} GiB)"
+        rows.append((name, ours_s, theirs_s, ours_mib, theirs_mib, rel_diff, note))
+        print(f"  {name}: ntkit {ours_s * 1e3:.1f} ms" + (f", tutorial {theirs_s * 1e3:.1f} ms" if theirs_s else
+                                                           f"; {note}"), flush=True)
+
+    print()
+    print("| workload | ntkit (ms) | tutorial vmap(jacrev)+einsum (ms) | speed-up | ntkit peak (MiB) | "
+          "tutorial peak (MiB) | max rel. difference |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, ours_s, theirs_s, ours_mib, theirs_mib, rel_diff, note in rows:
+        def fmt(v, spec):
+            return "n/a" if v is None else format(v, spec)
+
+        speedup = f"{theirs_s / ours_s:.1f}x" if theirs_s else "n/a"
+        theirs_cell = fmt(theirs_s and theirs_s * 1e3, ".1f") if theirs_s else note
+        print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_cell} | {speedup} | {fmt(ours_mib, '.0f')} | "
+              f"{fmt(theirs_mib, '.0f')} | {fmt(rel_diff, '.1e')} |")
+
+
+if __name__ == "__main__":
+    main()
