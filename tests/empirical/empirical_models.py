@@ -170,6 +170,23 @@ class BatchNormEval(nn.Module):
         return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
 
 
+class SharedLayers(nn.Module):
+    """A Conv1d and a Linear each called twice per sample, on different numbers of positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.lin = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):  # x (N, 2, 6)
+        h1 = torch.tanh(self.conv(x))  # (N, 3, 6)
+        h2 = torch.tanh(self.conv(x[:, :, ::2]))  # (N, 3, 3)
+        a = self.lin(h1.transpose(1, 2)).mean(1)  # 6 positions
+        b = self.lin(h2.mean(2))  # 1 position
+        return self.head(torch.tanh(a) * b)
+
+
 def _eval(model):
     model = model.to(DT)
     # Non-trivial running statistics and affine parameters, so the normalisation is really exercised.
@@ -204,4 +221,5 @@ ZOO = {
     "tied_weights": (lambda: _build(TiedWeights), lambda n, s: _ids(n, s, vocab=6)),
     "batchnorm_eval": (lambda: _build(BatchNormEval),
                        lambda n, s: torch.randn(n, 2, 4, 4, generator=seeded(s), dtype=DT)),
+    "shared_layers": (lambda: _build(SharedLayers), lambda n, s: torch.randn(n, 2, 6, generator=seeded(s), dtype=DT)),
 }

@@ -3,7 +3,8 @@
 The zoo (empirical_models.py) covers an nk.mlp built network (DenseModule scales), CNNs with stride, padding
 (zeros, reflect, circular, 'same'), dilation and groups in 1, 2 and 3 dimensions, a residual block with
 LayerNorm, an embedding model with padding_idx and a position-wise Linear and GroupNorm, a model with a free
-nn.Parameter, a frozen layer and a custom layer, tied weights, and eval-mode BatchNorm.
+nn.Parameter, a frozen layer and a custom layer, tied weights, eval-mode BatchNorm, and layers called twice per
+sample.
 """
 
 import pytest
@@ -54,7 +55,7 @@ def test_x2_none_equals_x2_is_x1_and_is_exactly_symmetric(references, name):
 
 
 @pytest.mark.parametrize("form", ["gram", "grad"])
-@pytest.mark.parametrize("name", ["strided_cnn", "grouped_cnn", "tokens"])
+@pytest.mark.parametrize("name", ["strided_cnn", "grouped_cnn", "tokens", "shared_layers"])
 def test_both_contraction_forms_of_weight_sharing_layers(references, name, form, monkeypatch):
     """Conv, position-wise Linear and Embedding layers have two exact contractions (position Gram or per-sample
     gradient); the cost model picks one, so force each in turn."""
