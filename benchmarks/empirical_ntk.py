@@ -135,15 +135,20 @@ def measure_memory(index: int, implementation: str) -> float | None:
         return None
 
 
+def _implementation(implementation: str, model, output: str):
+    """The callable f(x) for "tutorial", "ntkit" (auto) or "ntkit:<method>"."""
+    if implementation == "tutorial":
+        return lambda x: tutorial_jacobian_contraction(model, x, x, output)
+    method = implementation.partition(":")[2] or "auto"
+    return lambda x: nk.empirical_ntk(model, x, output=output, method=method)
+
+
 def _child_memory(index: int, implementation: str) -> None:
     name, model, x, output, _ = workloads(False)[index]
     model.eval()
-    run = {"ntkit": lambda: nk.empirical_ntk(model, x, output=output),
-           "tutorial": lambda: tutorial_jacobian_contraction(model, x, x, output)}[implementation]
-    warm = {"ntkit": lambda: nk.empirical_ntk(model, x[:4], output=output),
-            "tutorial": lambda: tutorial_jacobian_contraction(model, x[:4], x[:4], output)}[implementation]
-    warm()
-    peak = peak_memory_mib(run)
+    run = _implementation(implementation, model, output)
+    run(x[:4])  # warm-up
+    peak = peak_memory_mib(lambda: run(x))
     print("nan" if peak is None else f"{peak:.1f}")
 
 
@@ -205,6 +210,23 @@ def main() -> None:
         theirs_cell = fmt(theirs_s and theirs_s * 1e3, ".1f") if theirs_s else note
         print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_cell} | {speedup} | {fmt(ours_mib, '.0f')} | "
               f"{fmt(theirs_mib, '.0f')} | {fmt(rel_diff, '.1e')} |")
+    general_methods(args.repeats)
+
+
+def general_methods(repeats: int) -> None:
+    """ntkit's general methods (no layer structure used) on the first MLP: time and peak memory."""
+    name, model, x, output, _ = workloads(False)[0]
+    print()
+    print(f"ntkit's methods on {name}:")
+    print()
+    print("| method | median (ms) | peak (MiB) |")
+    print("|---|---:|---:|")
+    for method in ("layerwise", "jacobian", "vector_products"):
+        run = _implementation(f"ntkit:{method}", model, output)
+        run(x[:4])
+        seconds, _ = median_time(lambda: run(x), repeats)
+        peak = measure_memory(0, f"ntkit:{method}")
+        print(f"| {method} | {seconds * 1e3:.1f} | {'n/a' if peak is None else format(peak, '.0f')} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,21 @@ def test_refusal_message_names_the_method_and_shape():
     message = str(info.value)
     assert "the empirical NTK (3x3, output='full', method='layerwise')" in message
     assert re.search(r"needs about \d+\.\d\d (KiB|MiB)", message)
+
+
+@pytest.mark.parametrize("name", ["mlp", "strided_cnn", "tokens", "residual_layernorm", "free_parameter"])
+def test_the_feature_estimate_is_what_the_features_hold(name):
+    """The planner's per-sample feature bytes equal the bytes the layerwise features really hold (views of
+    output-major gradients count their storage once)."""
+    from empirical_models import ZOO
+    from ntkit.empirical.features import feature_bytes
+    from ntkit.empirical.methods import LayerwiseMethod
+    from ntkit.empirical.model_function import ModelFunction
+    from ntkit.empirical.probe import probe_model
+
+    make_model, make_inputs = ZOO[name]
+    model, x = make_model(), make_inputs(4, 0)
+    fn = ModelFunction(model, torch.float64, x.device)
+    method = LayerwiseMethod(fn, probe_model(fn, x), "full", 4, 4)
+    held = sum(feature_bytes(f) for f in method.features(x))
+    assert held == 4 * method.cost().feature

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["GradFeature", "GramProduct", "PositionGram", "IndexGram", "new_block", "add_share", "finish_block",
-           "output_products", "feature_bytes", "pair_flops"]
+           "output_products", "feature_bytes"]
 
 
 @dataclass
@@ -149,21 +149,6 @@ def add_share(block: torch.Tensor, f1, f2, mode: str) -> None:
         _add_index_gram(block, f1, f2, mode)
     else:  # pragma: no cover - internal contract
         raise TypeError(f"unknown feature {type(f1).__name__}")
-
-
-def pair_flops(feature, outputs: int, mode: str) -> int:
-    """Multiply-adds per (x, x') pair to contract a feature (for deciding how finely to tile symmetric blocks)."""
-    out_m = outputs * outputs if mode == "full" else outputs
-    if isinstance(feature, GradFeature):
-        return out_m * feature.jac.shape[-1]
-    if isinstance(feature, GramProduct):
-        return feature.inputs.shape[-1] + out_m * feature.cotangents.shape[-1]
-    if isinstance(feature, PositionGram):
-        _, groups, positions, patch = feature.patches.shape
-        channels = feature.cotangents.shape[-1]
-        return groups * positions * (positions * (patch + outputs * channels) + out_m * channels)
-    positions, channels = feature.cotangents.shape[2:]
-    return positions * (positions * (1 + outputs * channels) + out_m * channels)
 
 
 def feature_bytes(feature) -> int:

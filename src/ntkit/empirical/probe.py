@@ -16,7 +16,6 @@ that the model treats samples independently: f(batch)[i] must equal f(sample i).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -174,8 +173,9 @@ def probe_model(fn: ModelFunction, x: torch.Tensor, *, fast: bool = True) -> Mod
     with torch.no_grad():
         f_one, calls_one, watcher_one = _run_watched(fn, x[:1], layers, owner_of)
         f_two, calls_two, watcher_two = _run_watched(fn, x_pair, layers, owner_of)
-        if not bool(torch.isfinite(f_one).all()):
-            raise FloatingPointError("the model's output for x1[0] contains NaN or inf")
+        for f, which in ((f_one, "x1[0]"), (f_two, "x1[0] and x1[1]")):
+            if not bool(torch.isfinite(f).all()):
+                raise FloatingPointError(f"the model's output for {which} contains NaN or inf")
         if x.shape[0] > 1:
             _check_independent(fn, x_pair, f_two, f_one)
     foreign = watcher_one.foreign | watcher_two.foreign
@@ -196,11 +196,3 @@ def probe_model(fn: ModelFunction, x: torch.Tensor, *, fast: bool = True) -> Mod
     return ModelStructure(outputs=outputs, fast_layers=kept, rest_names=rest, activation_bytes=activation,
                           fallbacks=fallbacks)
 
-
-def layer_output_elements(structure: ModelStructure) -> int:
-    """Per-sample elements of all fast-path layer outputs (cotangents are O times this)."""
-    return sum(math.prod(s) for layer in structure.fast_layers for s in layer.out_shapes)
-
-
-def layer_input_elements(structure: ModelStructure) -> int:
-    return sum(math.prod(s) for layer in structure.fast_layers for s in layer.in_shapes)
