@@ -187,6 +187,14 @@ class SharedLayers(nn.Module):
         return self.head(torch.tanh(a) * b)
 
 
+def transformer_model():
+    """A batch-first TransformerEncoderLayer (multi-head attention reads its out_proj's weight directly, so the
+    probe sends it to the Jacobian path; the feed-forward Linears and LayerNorms take the fast path)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    return nn.Sequential(layer, nn.Flatten(), nn.Linear(3 * 8, 2)).to(DT).eval()
+
+
 def _eval(model):
     model = model.to(DT)
     # Non-trivial running statistics and affine parameters, so the normalisation is really exercised.
@@ -222,4 +230,5 @@ ZOO = {
     "batchnorm_eval": (lambda: _build(BatchNormEval),
                        lambda n, s: torch.randn(n, 2, 4, 4, generator=seeded(s), dtype=DT)),
     "shared_layers": (lambda: _build(SharedLayers), lambda n, s: torch.randn(n, 2, 6, generator=seeded(s), dtype=DT)),
+    "transformer": (transformer_model, lambda n, s: torch.randn(n, 3, 8, generator=seeded(s), dtype=DT)),
 }

@@ -4,7 +4,7 @@ The zoo (empirical_models.py) covers an nk.mlp built network (DenseModule scales
 (zeros, reflect, circular, 'same'), dilation and groups in 1, 2 and 3 dimensions, a residual block with
 LayerNorm, an embedding model with padding_idx and a position-wise Linear and GroupNorm, a model with a free
 nn.Parameter, a frozen layer and a custom layer, tied weights, eval-mode BatchNorm, and layers called twice per
-sample.
+sample, and a TransformerEncoderLayer.
 """
 
 import pytest
@@ -19,7 +19,10 @@ METHODS = ("auto", "layerwise", "jacobian", "vector_products")
 OUTPUTS = ("full", "trace", "diagonal")
 TOL = dict(rtol=1e-10, atol=1e-10)
 # torch loads its forward-AD (jvp) decompositions through torch.jit.script, which warns on torch 2.13.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+# The fused TransformerEncoderLayer kernel has no forward-mode derivative: vector products fall back to reverse
+# mode, with a warning (tested on its own below).
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:ntkit.empirical_ntk. forward-mode products failed:RuntimeWarning")]
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +197,17 @@ def test_models_vmap_cannot_batch_fall_back_to_loops(method):
     torch.testing.assert_close(kernel, brute_force_ntk(model, x), **TOL)
 
 
-def test_vector_products_fall_back_to_one_column_at_a_time(monkeypatch):
-    """Forward-mode products of that model do batch; make vmap fail to exercise the column loop."""
+def test_vector_products_fall_back_to_reverse_mode():
+    """The fused attention kernel of TransformerEncoderLayer has no forward-mode (nor double-backward) formula:
+    the block comes from vjps of both sides, still exact."""
+    model, x1, x2, _, ref12 = _zoo_entry("transformer")
+    with pytest.warns(RuntimeWarning, match="forward-mode products failed.*reverse-mode products of both sides"):
+        kernel = empirical_ntk(model, x1, x2, method="vector_products", output="diagonal")
+    torch.testing.assert_close(kernel, reduce_output(ref12, "diagonal"), **TOL)
+
+
+def test_vector_products_fall_back_to_one_product_at_a_time(monkeypatch):
+    """Forward-mode products of that model do batch; make vmap fail to exercise the unbatched loop."""
     import ntkit.empirical.vector_products as vector_products
 
     def failing_vmap(*args, **kwargs):
@@ -206,7 +218,7 @@ def test_vector_products_fall_back_to_one_column_at_a_time(monkeypatch):
 
     monkeypatch.setattr(vector_products, "vmap", failing_vmap)
     model, x1, x2, _, ref12 = _zoo_entry("grouped_cnn")
-    with pytest.warns(RuntimeWarning, match="cannot be vmapped.*simulated"):
+    with pytest.warns(RuntimeWarning, match="simulated.*cannot be vmapped, so one product at a time"):
         kernel = empirical_ntk(model, x1, x2, method="vector_products")
     torch.testing.assert_close(kernel, ref12, **TOL)
 

@@ -36,6 +36,8 @@ def _autograd_enabled():
 
 def _prepare(model, x1, x2):
     check_model(model)
+    if x2 is x1:  # the same tensor: compute each symmetric block once
+        x2 = None
     x1, x2 = model_inputs(x1, x2)
     if x1.is_inference():
         x1 = x1.clone()

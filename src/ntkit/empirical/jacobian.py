@@ -51,7 +51,9 @@ def jacobian_features(fn: ModelFunction, names: list[str], x: torch.Tensor) -> l
         return fn(sample[None], params)[0]
 
     try:
-        with torch.enable_grad():
+        # torch notes ops it batches by a slow fallback ("performance drop"): not the user's concern here.
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
             jac = vmap(jacrev(single), in_dims=(None, 0))(chosen, x)
     except RuntimeError as err:
         warnings.warn(f"ntkit.empirical_ntk: the model {VMAP_FALLBACK_WARNING} over samples ({str(err)[:160]}...); "
