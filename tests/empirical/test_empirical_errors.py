@@ -179,3 +179,10 @@ def test_frozen_parameters_are_excluded():
     torch.testing.assert_close(frozen, brute_force_ntk(net, x), rtol=1e-10, atol=1e-10)
     assert bool((full.diagonal(dim1=0, dim2=1) > frozen.diagonal(dim1=0, dim2=1)).any())
     net[0].requires_grad_(True)
+
+
+def test_progress_bar_does_not_change_the_result(capsys):
+    net, x = mlp_model(), mlp_inputs(6)
+    with_bar = empirical_ntk(net, x, batch_size=2, progress=True)
+    torch.testing.assert_close(with_bar, empirical_ntk(net, x, batch_size=2, progress=False), rtol=0, atol=0)
+    assert "empirical NTK (layerwise)" in capsys.readouterr().err

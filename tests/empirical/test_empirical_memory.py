@@ -80,6 +80,12 @@ def test_a_small_budget_chunks_and_gives_the_same_kernel(monkeypatch):
         chunked = empirical_ntk(net, x, method=method, max_memory=400_000)
         assert plans[-1].chunk < 40 and plans[-1].estimate <= 400_000
         torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-10)
+    # 60 kB: no room to keep every chunk's features, so column features are recomputed per block.
+    for x2 in (None, mlp_inputs(23, seed=1)):
+        chunked = empirical_ntk(net, x, x2, output="trace", max_memory=60_000)
+        assert not plans[-1].cache and plans[-1].chunk < 23
+        reference = whole if x2 is None else empirical_ntk(net, x, x2, method="jacobian")
+        torch.testing.assert_close(chunked, reference.diagonal(dim1=2, dim2=3).sum(-1), rtol=1e-10, atol=1e-10)
 
 
 def test_the_result_alone_too_big_is_refused_in_gib():

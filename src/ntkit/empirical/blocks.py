@@ -10,6 +10,7 @@ halves come from different summation orders).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -26,19 +27,24 @@ def swap_block(block: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 class _FeatureStore:
-    """Features by chunk: all kept when ``cache``, else only the most recent chunk of each side."""
+    """Features by chunk: all kept when ``cache``, else the two most recently used chunks of each side (the
+    current row chunk and the current column chunk), so a row's features are computed once per row."""
 
     def __init__(self, features: Callable, slice_features: Callable, chunk: int, cache: bool, sizes):
         self.features, self.slice_features = features, slice_features
         self.chunk, self.cache, self.sizes = chunk, cache, sizes
-        self.stored: dict = {}
+        self.stored: OrderedDict = OrderedDict()
 
     def get(self, side: int, start: int, stop: int):
         first = start - start % self.chunk
         key = (side, first)
-        if key not in self.stored:
+        if key in self.stored:
+            self.stored.move_to_end(key)
+        else:
             if not self.cache:
-                self.stored = {k: v for k, v in self.stored.items() if k[0] != side}
+                same_side = [k for k in self.stored if k[0] == side]
+                for old in same_side[:max(len(same_side) - 1, 0)]:
+                    del self.stored[old]
             self.stored[key] = self.features(side, slice(first, min(first + self.chunk, self.sizes[side - 1])))
         feats = self.stored[key]
         if start == first and stop - start == self.chunk:
