@@ -16,9 +16,15 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["assemble", "swap_block"]
+
+__all__ = ["assemble", "swap_block", "tqdm_disable"]
 
 _PROGRESS_MIN_BLOCKS = 16
+
+
+def tqdm_disable(progress: bool | None, show: bool):
+    """tqdm's ``disable``: shown when asked (progress=True), hidden when refused, else on a terminal if ``show``."""
+    return False if progress is True else (None if show else True)
 
 
 def swap_block(block: torch.Tensor, mode: str) -> torch.Tensor:
@@ -62,7 +68,7 @@ def assemble(n1: int, n2: int, symmetric: bool, chunk: int, block: int, cache: b
     col_side = 1 if symmetric else 2
     pairs = [(i, j) for i in range(0, n1, block) for j in range(0, n2, block) if not symmetric or j >= i]
     show = progress if progress is not None else len(pairs) >= _PROGRESS_MIN_BLOCKS
-    for i, j in tqdm(pairs, desc=desc, disable=None if show else True, leave=False):
+    for i, j in tqdm(pairs, desc=desc, disable=tqdm_disable(progress, show), leave=False):
         rows, cols = slice(i, min(i + block, n1)), slice(j, min(j + block, n2))
         row_features = store.get(1, rows.start, rows.stop)
         col_features = row_features if symmetric and i == j else store.get(col_side, cols.start, cols.stop)

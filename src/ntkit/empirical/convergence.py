@@ -23,6 +23,8 @@ from .._validation import as_input_tensor, check_positive_int
 from ..layers.base import Layer, Serial
 from ..layers.dense import Dense
 from .api import empirical_ntk
+from .blocks import tqdm_disable
+
 
 __all__ = ["width_convergence", "WidthConvergence", "with_width"]
 
@@ -102,7 +104,7 @@ def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: S
     pairs = [(i, j) for i in range(len(widths)) for j in range(len(seeds))]
     show = progress if progress is not None else len(pairs) > 16
     limit_cache: dict[int, torch.Tensor] = {}
-    for i, j in tqdm(pairs, desc="width convergence", disable=None if show else True, leave=False):
+    for i, j in tqdm(pairs, desc="width convergence", disable=tqdm_disable(progress, show), leave=False):
         arch = factory(widths[i])
         if not isinstance(arch, Layer):
             raise TypeError(f"the architecture function returned {type(arch).__name__}, not an ntkit layer")
