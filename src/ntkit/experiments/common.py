@@ -1,0 +1,224 @@
+"""What every experiment shares: its output folder (figures, metrics, arrays, report), sizes, devices, timing.
+
+Each experiment writes into ``<out>/<name>/``:
+
+    <name>.png        the figure (matplotlib, Agg backend: no display needed)
+    metrics.json      the numbers the figure shows, plus the settings and the run time
+    data.npz          the curves behind the figure, to re-plot without re-running
+    report.md         a short markdown report: what was run, the figure, the metrics, what to look for
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._memory import check_fits, format_bytes
+
+__all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "pyplot",
+           "progress_bar", "markdown_table", "to_jsonable", "check_networks_fit", "mlp_sizes", "log_log_slope", "Stopwatch",
+           "config_settings", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# "full": the papers' settings; "quick": the same experiment shrunk so that `ntkit reproduce all --quick` takes
+# minutes on 2 CPU cores; "tiny": seconds, for the tests (hidden on the command line).
+SIZES = ("full", "quick", "tiny")
+
+
+def check_size(size: str) -> str:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}; got {size!r}")
+    return size
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """A torch.device from a name such as "cpu", "cuda" or "cuda:1", refusing one this machine does not have."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda'; got {device!r} ({err})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available on this machine; use --device cpu")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} was requested but MPS is not available on this machine; use --device cpu")
+    return resolved
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (figures are written to files, never shown)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def progress_bar(iterable: Iterable, *, desc: str, enabled: bool, total: int | None = None):
+    """A tqdm bar over a long loop (``leave=True`` so the finished bar stays as a record of the run)."""
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, dynamic_ncols=True)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table; floats with 4 significant digits."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def to_jsonable(value: Any, where: str = "metrics") -> Any:
+    """Plain JSON types from tensors, arrays, dataclasses and numpy scalars; refuses NaN and infinity.
+
+    A metric that is NaN means an experiment went wrong, so it is an error here rather than a ``NaN`` in the file.
+    """
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value}: an experiment produced a non-finite number")
+        return value
+    if isinstance(value, (torch.dtype, torch.device, Path)):
+        return str(value)
+    raise TypeError(f"{where} has type {type(value).__name__}, which cannot be written to JSON")
+
+
+def check_networks_fit(parameter_count: int, activation_count: int, device: torch.device, dtype: torch.dtype,
+                       what: str) -> None:
+    """Refuse, with an estimate, a network too big for the device's free memory.
+
+    Training holds the parameters, their gradients and one optimiser update (3 copies), the empirical NTK and a
+    linearised model each add about 2 more; activations of the forward pass are kept for the backward pass.
+    """
+    item = torch.tensor([], dtype=dtype).element_size()
+    need = item * (5 * parameter_count + 3 * activation_count)
+    check_fits(need, device, what, f"It needs about {format_bytes(need)}. Use --quick (smaller widths), or a device "
+                                   "with more memory (--device cuda).")
+
+
+def mlp_sizes(in_features: int, hidden_layers: int, width: int, out_features: int, points: int) -> tuple[int, int]:
+    """(parameter count, activations kept for the backward pass on ``points`` inputs) of ``nk.mlp``'s network."""
+    params = in_features * width + width + (hidden_layers - 1) * (width * width + width) + width * out_features
+    params += out_features
+    return params, 2 * points * width * hidden_layers
+
+
+def log_log_slope(widths: Iterable[float], values: Iterable[float]) -> float:
+    """Least-squares slope of log(value) against log(width): -0.5 for a quantity falling like n^{-1/2}."""
+    x = np.log(np.asarray(list(widths), dtype=np.float64))
+    y = np.log(np.asarray(list(values), dtype=np.float64))
+    if x.size < 2:
+        raise ValueError("a slope needs at least two widths")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"cannot fit a log-log slope to non-positive values {list(values)}")
+    return float(np.polyfit(x, y, 1)[0])
+
+
+class Stopwatch:
+    """Wall-clock seconds since creation."""
+
+    def __init__(self):
+        self._start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment returns: its metrics (also in metrics.json), the arrays behind its figure (also in
+    data.npz) and the paths it wrote."""
+
+    name: str
+    metrics: dict
+    arrays: dict
+    directory: Path
+    figure: Path
+    report: Path
+    seconds: float
+    headline: str = ""
+    files: list[Path] = field(default_factory=list)
+
+
+class ExperimentOutput:
+    """The folder ``<root>/<name>/`` and the writers for what goes into it."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.name = name
+        self.directory = Path(root) / name
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"cannot create the output folder {self.directory}: {err}") from None
+
+    def path(self, filename: str) -> Path:
+        return self.directory / filename
+
+    def save_figure(self, figure, filename: str | None = None) -> Path:
+        path = self.path(filename or f"{self.name}.png")
+        figure.savefig(path, dpi=130, bbox_inches="tight")
+        pyplot().close(figure)
+        return path
+
+    def save_metrics(self, metrics: dict) -> Path:
+        path = self.path("metrics.json")
+        path.write_text(json.dumps(to_jsonable(metrics), indent=2) + "\n")
+        return path
+
+    def save_arrays(self, arrays: dict) -> Path:
+        path = self.path("data.npz")
+        plain = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                 for k, v in arrays.items()}
+        np.savez_compressed(path, **plain)
+        return path
+
+    def write_report(self, title: str, summary: str, settings: dict, figure: Path, sections: list[tuple[str, str]],
+                     seconds: float) -> Path:
+        """report.md: title, one-paragraph summary, the figure, the settings, then (heading, markdown) sections."""
+        settings_rows = [[f"`{k}`", f"`{to_jsonable(v, k)}`"] for k, v in settings.items()]
+        parts = [f"# {title}", "", summary, "", f"![{title}]({figure.name})", "",
+                 "## Settings", "", markdown_table(["setting", "value"], settings_rows), "",
+                 f"Run time: {seconds:.1f} s (wall clock).", ""]
+        for heading, body in sections:
+            parts += [f"## {heading}", "", body, ""]
+        path = self.path("report.md")
+        path.write_text("\n".join(parts))
+        return path
+
+
+def config_settings(config) -> dict:
+    """The fields of a config dataclass as a plain dict (for metrics.json and the report's settings table)."""
+    return {f.name: getattr(config, f.name) for f in fields(config)}
