@@ -1,0 +1,225 @@
+r"""Lee et al. 2019 (arXiv 1902.06720): wide networks evolve as linear models.
+
+A network f(x; θ) and its linearisation around the initial parameters θ_0 (Lee et al. eq. (5), ``nk.linearize``)
+
+    f_lin(x; θ) = f(x; θ_0) + J(x)(θ − θ_0),   J = ∂f/∂θ at θ_0,
+
+start from the same θ_0 and are trained side by side by the same full-batch gradient descent (``nk.train``, learning
+rate η = 1.0, C = ½ E_{p_in}(f − y)² over N training points). Lee et al. Thm. 2.1: for every width n the two
+stay close, sup_t |f_t(x) − f_t^lin(x)| = O(n^{-1/2}), and the parameters move by a vanishing fraction,
+‖θ_t − θ_0‖/‖θ_0‖ → 0 (in NTK parameterisation ‖θ_t − θ_0‖ stays O(1) while ‖θ_0‖ grows like n).
+
+Setting (a choice made here, in the spirit of Lee et al.'s fully-connected MNIST runs with the Jacot §6 network
+settings): ReLU networks with 2 hidden layers (``nk.mlp(2, n, b_std=0.1)``, w_std = 1, NTK parameterisation, one
+output), N = 256 training and 128 test digits from MNIST-5k scaled to norm √n_0 (as in jacot-fig3), targets
+y = +1 for digits 5–9 and −1 for 0–4, widths n = 64, 256, 1024, 4096, 1000 steps. Both models' outputs and
+parameter distances are recorded at ``records`` evenly spaced times.
+
+Metrics (per width): ``max_discrepancy`` = largest over recorded times of the RMS over test points of
+f_t − f_t^lin; ``final_discrepancy`` the same at the last step; ``param_change_net`` / ``param_change_lin`` =
+‖θ_T − θ_0‖/‖θ_0‖ of the network / the linearisation; ``param_distance`` = ‖θ_T^net − θ_T^lin‖/‖θ_0‖;
+``final_loss_net`` / ``final_loss_lin``; and over widths the log-log slopes of the discrepancy and the relative
+parameter change (−0.5 means n^{-1/2}).
+
+Run time, full settings, 2 shared CPU cores: about 25 minutes, estimated from the measured cost per step
+(width 4096 on 256 digits: 0.53 s for the network and 0.83 s for its linearisation, so ≈ 23 min for that width;
+the narrower widths add ≈ 2 min). ``--quick`` (widths 64, 256, 1024, N = 128, 300 steps): 19 s (measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..layers import mlp
+from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
+                     config_settings, log_log_slope, markdown_table, mlp_sizes, progress_bar, pyplot,
+                     resolve_device)
+from .jacot_fig3 import load_digits
+
+NAME = "lee-linearization"
+TITLE = "Lee et al. 2019: wide networks evolve as their linearisation"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the experiment; ``CONFIGS`` holds the full and the shrunk ones."""
+
+    widths: tuple[int, ...] = (64, 256, 1024, 4096)
+    train_points: int = 256
+    test_points: int = 128
+    steps: int = 1000
+    records: int = 20
+    hidden_layers: int = 2
+    w_std: float = 1.0
+    b_std: float = 0.1
+    learning_rate: float = 1.0
+    dtype: str = "float32"
+
+
+CONFIGS = {
+    "full": Config(),
+    "quick": Config(widths=(64, 256, 1024), train_points=128, test_points=64, steps=300, records=15),
+    "tiny": Config(widths=(32, 512), train_points=16, test_points=16, steps=40, records=4, dtype="float64"),
+}
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+def run(out="out", *, size: str = "quick", config: Config | None = None, seed: int = 0, device=None,
+        progress: bool = True) -> ExperimentResult:
+    """Run the experiment and write ``<out>/lee-linearization/`` (figure, metrics.json, data.npz, report.md).
+
+    Args:
+        out: output root folder. size: "full", "quick" or "tiny"; ``config`` overrides it.
+        seed: seeds the choice of digits and the initialisations (seed 1000·seed for every width).
+        device: torch device for the models. progress: tqdm bars.
+    """
+    import ntkit as nk
+
+    clock = Stopwatch()
+    config = CONFIGS[check_size(size)] if config is None else config
+    device = resolve_device(device)
+    dtype = DTYPES[config.dtype]
+    output = ExperimentOutput(out, NAME)
+    if config.records < 1 or config.steps % config.records:
+        raise ValueError(f"steps ({config.steps}) must be a positive multiple of records ({config.records})")
+    x, labels, source = load_digits(config.train_points + config.test_points, seed, device=device)
+    x = x.to(dtype)
+    y = torch.where(labels >= 5, 1.0, -1.0).to(dtype)
+    x_train, y_train, x_test = x[:config.train_points], y[:config.train_points], x[config.train_points:]
+    for width in config.widths:
+        params, activations = mlp_sizes(x.shape[1], config.hidden_layers, width, 1, x.shape[0])
+        check_networks_fit(params, activations, device, dtype, f"{NAME}'s width-{width} network and linearisation")
+
+    segment = config.steps // config.records
+    times = torch.arange(0, config.steps + 1, segment, dtype=torch.float64)
+    arrays = {"times": times, "y_test": y[config.train_points:].cpu()}
+    per_width = {}
+    for width in progress_bar(config.widths, desc=f"{NAME}: widths", enabled=progress):
+        net = mlp(config.hidden_layers, width, w_std=config.w_std, b_std=config.b_std).build(
+            x.shape[1], seed=1000 * seed, dtype=dtype, device=device)
+        lin = nk.linearize(net)  # a copy around θ_0: training net afterwards leaves it unchanged
+        theta0 = _flat(net.parameters())
+        norm0 = float(theta0.norm())
+        with torch.no_grad():
+            outputs = {"net": [net(x_test)[:, 0]], "lin": [lin(x_test)[:, 0]]}
+        change = {"net": [0.0], "lin": [0.0]}
+        distance, losses = [0.0], {}
+        for _ in progress_bar(range(config.records), desc=f"n = {width}", enabled=progress):
+            for key, model in (("net", net), ("lin", lin)):
+                result = nk.train(model, x_train, y_train, steps=segment, learning_rate=config.learning_rate,
+                                  record_every=segment, x_test=x_test, progress=False)
+                outputs[key].append(result.test_outputs[-1])
+                losses[key] = float(result.losses[-1])
+            theta_net, theta_lin = _flat(net.parameters()), _flat(lin.theta.values())
+            change["net"].append(float((theta_net - theta0).norm()) / norm0)
+            change["lin"].append(float((theta_lin - theta0).norm()) / norm0)
+            distance.append(float((theta_net - theta_lin).norm()) / norm0)
+        f_net = torch.stack(outputs["net"]).detach().cpu().double()
+        f_lin = torch.stack(outputs["lin"]).detach().cpu().double()
+        rms = (f_net - f_lin).pow(2).mean(1).sqrt()
+        arrays.update({f"f_net_n{width}": f_net, f"f_lin_n{width}": f_lin, f"discrepancy_n{width}": rms,
+                       f"param_change_net_n{width}": torch.tensor(change["net"]),
+                       f"param_change_lin_n{width}": torch.tensor(change["lin"])})
+        per_width[str(width)] = {"max_discrepancy": float(rms.max()), "final_discrepancy": float(rms[-1]),
+                                 "param_change_net": change["net"][-1], "param_change_lin": change["lin"][-1],
+                                 "param_distance": distance[-1], "final_loss_net": losses["net"],
+                                 "final_loss_lin": losses["lin"], "parameters": int(theta0.numel())}
+        del net, lin
+
+    widths = [int(w) for w in per_width]
+    slopes = {}
+    if len(widths) > 1:
+        slopes = {"max_discrepancy": log_log_slope(widths, [m["max_discrepancy"] for m in per_width.values()]),
+                  "param_change_net": log_log_slope(widths, [m["param_change_net"] for m in per_width.values()])}
+    seconds = clock.seconds
+    metrics = {"experiment": NAME, "settings": config_settings(config), "seed": seed, "device": str(device),
+               "data": source, "per_width": per_width, "log_log_slopes": slopes, "seconds": seconds}
+    figure = output.save_figure(_plot(config, arrays, per_width, slopes))
+    output.save_metrics(metrics)
+    output.save_arrays(arrays)
+    report = output.write_report(TITLE, _summary(config, source), config_settings(config), figure,
+                                 [("Metrics", _metrics_table(per_width, slopes)), ("What to look for", _LOOK_FOR)],
+                                 seconds)
+    wide, narrow = str(max(widths)), str(min(widths))
+    headline = (f"max |f − f_lin| (RMS) {per_width[narrow]['max_discrepancy']:.3g} (n={narrow}) → "
+                f"{per_width[wide]['max_discrepancy']:.3g} (n={wide})"
+                + (f", slope {slopes['max_discrepancy']:.2f} in log-log" if slopes else ""))
+    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline)
+
+
+_LOOK_FOR = ("(a) The network (solid) and its linearisation (dashed) give nearly the same outputs at every time, "
+             "the closer the wider. (b) Their discrepancy shrinks with width at every time. (c) The parameters "
+             "move by a fraction of their initial norm that falls with width: the network stays in the region "
+             "where its first-order Taylor expansion holds. (d) Both quantities against width on log-log axes; "
+             "Lee et al. Thm. 2.1 bounds the discrepancy by O(n^{-1/2}).")
+
+
+def _summary(config: Config, source: str) -> str:
+    return (f"ReLU networks with {config.hidden_layers} hidden layers (β = {config.b_std}) of widths "
+            f"{', '.join(str(w) for w in config.widths)} and their linearisations (`nk.linearize`) trained side by "
+            f"side for {config.steps} steps of gradient descent (η = {config.learning_rate}) on "
+            f"{config.train_points} digits from {source} (y = ±1 for digits ≥ 5 / < 5); outputs on "
+            f"{config.test_points} test digits and parameter distances over time.")
+
+
+def _metrics_table(per_width: dict, slopes: dict) -> str:
+    rows = [[w, m["max_discrepancy"], m["final_discrepancy"], m["param_change_net"], m["param_change_lin"],
+             m["param_distance"], m["final_loss_net"], m["final_loss_lin"]] for w, m in per_width.items()]
+    table = markdown_table(["width n", "max_t RMS(f − f_lin)", "at T", "‖θ_T − θ_0‖/‖θ_0‖ net", "same, lin",
+                            "‖θ_net − θ_lin‖/‖θ_0‖", "loss net", "loss lin"], rows)
+    if slopes:
+        table += "\n\nLog-log slopes against width: " + ", ".join(f"{k} {v:.2f}" for k, v in slopes.items())
+    return table
+
+
+def _plot(config: Config, arrays: dict, per_width: dict, slopes: dict):
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.6))
+    t = arrays["times"].numpy()
+    colors = plt.cm.plasma(np.linspace(0.0, 0.8, len(config.widths)))
+    for color, width in zip(colors, config.widths):
+        axes[0][0].plot(t, arrays[f"f_net_n{width}"][:, 0].numpy(), color=color, lw=1.5, label=f"n = {width:,}")
+        axes[0][0].plot(t, arrays[f"f_lin_n{width}"][:, 0].numpy(), color=color, lw=1.5, ls="--")
+        axes[0][1].plot(t[1:], arrays[f"discrepancy_n{width}"][1:].numpy(), color=color, marker="o", ms=3,
+                        label=f"n = {width:,}")
+        axes[1][0].plot(t[1:], arrays[f"param_change_net_n{width}"][1:].numpy(), color=color, lw=1.5,
+                        label=f"n = {width:,}")
+        axes[1][0].plot(t[1:], arrays[f"param_change_lin_n{width}"][1:].numpy(), color=color, lw=1.5, ls="--")
+    axes[0][0].plot([], [], color="gray", ls="--", label="linearised (dashed)")
+    axes[0][0].set_ylabel("output f(x) on the first test digit")
+    axes[0][0].set_title("(a) network (solid) vs linearisation (dashed)")
+    axes[0][1].set_yscale("log")
+    axes[0][1].set_ylabel(r"RMS over test digits of $f_t - f_t^{lin}$")
+    axes[0][1].set_title("(b) output discrepancy over time")
+    axes[1][0].set_yscale("log")
+    axes[1][0].set_ylabel(r"$\|\theta_t - \theta_0\| / \|\theta_0\|$")
+    axes[1][0].set_title("(c) relative parameter change (net solid, lin dashed)")
+    for ax in (axes[0][0], axes[0][1], axes[1][0]):
+        ax.set_xlabel("gradient-descent step t")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    widths = np.array([int(w) for w in per_width], dtype=float)
+    disc = np.array([m["max_discrepancy"] for m in per_width.values()])
+    change = np.array([m["param_change_net"] for m in per_width.values()])
+    ax.loglog(widths, disc, "o-", color="tab:red",
+              label="max_t RMS(f − f_lin)" + (f", slope {slopes['max_discrepancy']:.2f}" if slopes else ""))
+    ax.loglog(widths, change, "s-", color="tab:blue",
+              label="‖θ_T − θ_0‖/‖θ_0‖" + (f", slope {slopes['param_change_net']:.2f}" if slopes else ""))
+    ax.loglog(widths, disc[0] * (widths / widths[0]) ** -0.5, color="gray", ls=":", label="n^(-1/2) reference")
+    ax.set_xlabel("width n")
+    ax.set_ylabel("discrepancy (max over t), parameter change (at T)")
+    ax.set_title("(d) against width")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"A network and its linearisation trained side by side ({config.hidden_layers} hidden ReLU "
+                 f"layers, β = {config.b_std}, η = {config.learning_rate})", fontsize=11)
+    fig.tight_layout()
+    return fig
