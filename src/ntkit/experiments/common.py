@@ -26,7 +26,7 @@ from .._memory import check_fits, format_bytes
 
 __all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "pyplot",
            "progress_bar", "markdown_table", "to_jsonable", "check_networks_fit", "mlp_sizes", "log_log_slope", "Stopwatch",
-           "config_settings", "DTYPES"]
+           "config_settings", "describe_axes", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -157,6 +157,13 @@ class Stopwatch:
         return time.perf_counter() - self._start
 
 
+def describe_axes(figure) -> list[dict]:
+    """Title, axis labels and whether a legend is drawn, for every plotting axes of a figure (colorbars skipped)."""
+    return [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+             "legend": ax.get_legend() is not None or bool(figure.legends)}
+            for ax in figure.axes if ax.get_label() != "<colorbar>"]
+
+
 @dataclass
 class ExperimentResult:
     """What an experiment returns: its metrics (also in metrics.json), the arrays behind its figure (also in
@@ -170,7 +177,7 @@ class ExperimentResult:
     report: Path
     seconds: float
     headline: str = ""
-    files: list[Path] = field(default_factory=list)
+    figure_axes: list[dict] = field(default_factory=list)
 
 
 class ExperimentOutput:
@@ -178,6 +185,7 @@ class ExperimentOutput:
 
     def __init__(self, root: str | Path, name: str):
         self.name = name
+        self.figure_axes: list[dict] = []
         self.directory = Path(root) / name
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -188,7 +196,9 @@ class ExperimentOutput:
         return self.directory / filename
 
     def save_figure(self, figure, filename: str | None = None) -> Path:
+        """Write the figure as PNG and remember what its axes show (``figure_axes``, checked by the tests)."""
         path = self.path(filename or f"{self.name}.png")
+        self.figure_axes = describe_axes(figure)
         figure.savefig(path, dpi=130, bbox_inches="tight")
         pyplot().close(figure)
         return path

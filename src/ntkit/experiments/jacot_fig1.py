@@ -60,7 +60,7 @@ class Config:
 CONFIGS = {
     "full": Config(),
     "quick": Config(widths=(250, 2_000), initializations=6, angles=121),
-    "tiny": Config(widths=(50, 800), initializations=4, steps=30, angles=25, dtype="float64"),
+    "tiny": Config(widths=(32, 1024), initializations=8, steps=30, angles=25),
 }
 
 
@@ -150,7 +150,8 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     headline = (f"spread around the limit {per_width[narrow]['deviation_at_init']:.3f} (n={narrow}) → "
                 f"{per_width[wide]['deviation_at_init']:.3f} (n={wide}); kernel change "
                 f"{per_width[narrow]['kernel_change']:.3f} → {per_width[wide]['kernel_change']:.3f}")
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline)
+    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
+                            output.figure_axes)
 
 
 _LOOK_FOR = ("The thin curves scatter around the black limit; the scatter is narrower for the wider network "
@@ -191,7 +192,7 @@ def _plot(config: Config, gamma: torch.Tensor, limit: torch.Tensor, arrays: dict
         ax.set_xticks([-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi], ["−π", "−π/2", "0", "π/2", "π"])
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=9)
-    axes[0][0].set_ylabel("NTK Θ(x₀, x),  x₀ = (1, 0)")
+        ax.set_ylabel("NTK Θ(x₀, x),  x₀ = (1, 0)")
     fig.suptitle(f"NTK of depth-{config.hidden_layers + 1} ReLU networks (β = {config.b_std}) at initialisation "
                  f"and after {config.steps} GD steps, against the infinite-width limit", fontsize=11)
     fig.tight_layout()

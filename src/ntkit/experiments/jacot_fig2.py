@@ -15,9 +15,10 @@ the function is an affine map of f_0, so for x in the test set
 
 computed exactly here by ``nk.ensemble_prediction(arch, X, y, x, t=inf)`` from ``arch.kernel``'s exact NNGP and
 NTK (the paper approximated both with a width-10,000 network). The 10th, 50th and 90th percentiles at each x are
-μ(x) + z σ(x) with z = −1.2816, 0, +1.2816 and σ² the diagonal of the covariance. After 1000 steps the residual
-has decayed by e^{−ηλ_min t/N} ≈ e^{−50} along the slowest eigendirection, so t = 1000 is t = ∞ for the limit
-(the metric ``limit_t_vs_inf`` records the largest difference of the two means).
+μ(x) + z σ(x) with z = −1.2816, 0, +1.2816 and σ² the diagonal of the covariance. The networks are compared
+with the limit at their own training time t (``ensemble_prediction`` at t = steps): after 1000 steps the residual
+has decayed by e^{−ηλ_min t/N} = e^{−39} along the slowest eigendirection (λ_min/N = 0.039), so this is the
+t = ∞ Gaussian (the metric ``limit_t_vs_inf`` records the largest difference of means and deviations).
 
 Metrics (per width): ``fraction_inside_band`` = share of (network, test angle) pairs inside the 10–90 % band,
 0.8 for draws from the limit (angles where the band has zero width, the training points, are left out);
@@ -66,7 +67,7 @@ class Config:
 CONFIGS = {
     "full": Config(),
     "quick": Config(initializations=8, steps=600, test_angles=201),
-    "tiny": Config(widths=(50, 400), initializations=12, steps=300, test_angles=24, dtype="float64"),
+    "tiny": Config(widths=(512,), initializations=16, steps=100, test_angles=24, dtype="float64"),
 }
 
 
@@ -136,7 +137,9 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     mean, std, _ = limiting_gaussian(limit_arch, x_train.to(device), y_train.to(device), x_test.to(device), times,
                                      learning_rate=config.learning_rate)
     mean, std = mean.cpu(), std.cpu()
-    mean_t, mean_inf, std_inf = mean[0], mean[1], std[1]
+    # The networks are compared with the limit at their own training time (t = steps), which equals the t = ∞
+    # limit to `limit_t_vs_inf` (0 to float64 precision at the paper's 1000 steps).
+    mean_t, std_t = mean[0], std[0]
 
     import ntkit as nk
 
@@ -151,17 +154,19 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
         learned[width].append(result.test_outputs[-1].detach().cpu().double())
         losses[width].append(float(result.losses[-1]))
 
-    arrays = {"gamma": gamma, "gamma_train": gamma_train, "y_train": y_train, "limit_mean": mean_inf,
-              "limit_std": std_inf, "limit_p10": mean_inf - Z90 * std_inf, "limit_p90": mean_inf + Z90 * std_inf}
+    arrays = {"gamma": gamma, "gamma_train": gamma_train, "y_train": y_train, "limit_mean": mean_t,
+              "limit_std": std_t, "limit_p10": mean_t - Z90 * std_t, "limit_p90": mean_t + Z90 * std_t,
+              "limit_mean_inf": mean[1], "limit_std_inf": std[1]}
     per_width = {}
     for width in config.widths:
         functions = torch.stack(learned[width])
         arrays[f"learned_n{width}"] = functions
-        per_width[str(width)] = {**band_statistics(functions, mean_inf, std_inf),
+        per_width[str(width)] = {**band_statistics(functions, mean_t, std_t),
                                  "final_loss": float(np.mean(losses[width]))}
     seconds = clock.seconds
     metrics = {"experiment": NAME, "settings": config_settings(config), "seed": seed, "device": str(device),
-               "limit_t_vs_inf": float((mean_t - mean_inf).abs().max()), "limit_max_std": float(std_inf.max()),
+               "limit_t_vs_inf": float((mean_t - mean[1]).abs().max() + (std_t - std[1]).abs().max()),
+               "limit_max_std": float(std_t.max()),
                "per_width": per_width, "seconds": seconds}
 
     figure = output.save_figure(_plot(config, arrays))
@@ -171,7 +176,8 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
                                  [("Metrics", _metrics_table(per_width)), ("What to look for", _LOOK_FOR)], seconds)
     headline = "; ".join(f"n={w}: {m['fraction_inside_band']:.0%} inside the 10–90% band (0.8 expected)"
                          for w, m in per_width.items())
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline)
+    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
+                            output.figure_axes)
 
 
 _LOOK_FOR = ("Every learned function passes through the 4 training points. Between them, draws from the limiting "
@@ -205,7 +211,7 @@ def _plot(config: Config, arrays: dict):
     colors = {widths[0]: "tab:green", widths[-1]: "tab:red"}
     for ax, width in zip(axes[0], widths):
         ax.fill_between(g, arrays["limit_p10"].numpy(), arrays["limit_p90"].numpy(), color="0.85",
-                        label="limit: 10–90 % band")
+                        label="n = ∞ limit: 10–90 % band")
         for p in ("p10", "p90"):
             ax.plot(g, arrays[f"limit_{p}"].numpy(), color="black", lw=1.0, ls="--",
                     label="limit: 10th / 90th percentile" if p == "p10" else None)
@@ -221,8 +227,8 @@ def _plot(config: Config, arrays: dict):
         ax.set_xticks([-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi], ["−π", "−π/2", "0", "π/2", "π"])
         ax.grid(alpha=0.3)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
-    axes[0][0].set_ylabel("learned function f_θ(x)")
-    fig.suptitle("Networks trained on 4 points of the circle against the infinite-width t → ∞ Gaussian "
-                 "(exact NNGP + NTK)", fontsize=11)
+        ax.set_ylabel("learned function f_θ(x)")
+    fig.suptitle(f"Networks trained on 4 points of the circle for t = {config.steps} steps against the "
+                 "infinite-width Gaussian at the same t (exact NNGP + NTK)", fontsize=11)
     fig.tight_layout()
     return fig

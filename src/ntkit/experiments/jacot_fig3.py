@@ -187,7 +187,8 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     wide, narrow = str(max(config.widths)), str(min(config.widths))
     headline = (f"λ_2/N = {float(eig_over_n[1]):.4f}; leak off f^(2) {per_width[narrow]['orthogonal_final']:.3f} "
                 f"(n={narrow}) → {per_width[wide]['orthogonal_final']:.3f} (n={wide})")
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline)
+    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
+                            output.figure_axes)
 
 
 _LOOK_FOR = ("(a) The digits in the plane of the 2nd and 3rd kernel principal components: the components separate "
@@ -218,8 +219,10 @@ def _plot(config: Config, arrays: dict, source: str):
     k = config.target_component - 1
     ax = axes[0][0]
     coords, labels = arrays["pc_coordinates"].numpy(), arrays["labels"].numpy()
-    scatter = ax.scatter(coords[:, 1], coords[:, 2], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=10)
-    fig.colorbar(scatter, ax=ax, ticks=range(10), label="digit")
+    for digit in np.unique(labels):
+        mine = labels == digit
+        ax.scatter(coords[mine, 1], coords[mine, 2], color=plt.cm.tab10(int(digit) % 10), s=10, label=str(digit))
+    ax.legend(title="digit", fontsize=8, ncol=2, markerscale=1.5, loc="best")
     ax.set_xlabel(r"2nd principal component $f^{(2)}(x)$")
     ax.set_ylabel(r"3rd principal component $f^{(3)}(x)$")
     ax.set_title(rf"(a) {len(labels)} digits in the plane of $f^{{(2)}}, f^{{(3)}}$")

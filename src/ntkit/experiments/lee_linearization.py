@@ -150,7 +150,8 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     headline = (f"max |f − f_lin| (RMS) {per_width[narrow]['max_discrepancy']:.3g} (n={narrow}) → "
                 f"{per_width[wide]['max_discrepancy']:.3g} (n={wide})"
                 + (f", slope {slopes['max_discrepancy']:.2f} in log-log" if slopes else ""))
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline)
+    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
+                            output.figure_axes)
 
 
 _LOOK_FOR = ("(a) The network (solid) and its linearisation (dashed) give nearly the same outputs at every time, "
