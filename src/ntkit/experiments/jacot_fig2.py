@@ -67,7 +67,7 @@ class Config:
 CONFIGS = {
     "full": Config(),
     "quick": Config(initializations=8, steps=600, test_angles=201),
-    "tiny": Config(widths=(512,), initializations=16, steps=100, test_angles=24, dtype="float64"),
+    "tiny": Config(widths=(512,), initializations=16, steps=100, test_angles=24),
 }
 
 
