@@ -71,7 +71,7 @@ class Config:
 CONFIGS = {
     "full": Config(),
     "quick": Config(widths=(100, 1000)),
-    "tiny": Config(widths=(40, 640), runs=1, digits=64, steps=60, records=12, dtype="float64"),
+    "tiny": Config(widths=(32, 800), digits=64, steps=60, records=12),
 }
 
 
