@@ -137,13 +137,13 @@ def mlp_sizes(in_features: int, hidden_layers: int, width: int, out_features: in
 
 def log_log_slope(widths: Iterable[float], values: Iterable[float]) -> float:
     """Least-squares slope of log(value) against log(width): -0.5 for a quantity falling like n^{-1/2}."""
-    x = np.log(np.asarray(list(widths), dtype=np.float64))
-    y = np.log(np.asarray(list(values), dtype=np.float64))
-    if x.size < 2:
-        raise ValueError("a slope needs at least two widths")
-    if not np.all(np.isfinite(y)):
-        raise ValueError(f"cannot fit a log-log slope to non-positive values {list(values)}")
-    return float(np.polyfit(x, y, 1)[0])
+    n = np.asarray(list(widths), dtype=np.float64)
+    v = np.asarray(list(values), dtype=np.float64)
+    if n.size < 2 or n.shape != v.shape:
+        raise ValueError(f"a slope needs at least two widths and one value per width; got {n.size} and {v.size}")
+    if not (np.all(np.isfinite(v)) and np.all(v > 0) and np.all(n > 0)):
+        raise ValueError(f"cannot fit a log-log slope to non-positive or non-finite values {v.tolist()}")
+    return float(np.polyfit(np.log(n), np.log(v), 1)[0])
 
 
 class Stopwatch:
