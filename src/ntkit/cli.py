@@ -63,7 +63,8 @@ def _write_index(out: str, results, size: str) -> Path:
     lines = [f"# ntkit reproduce all ({size} settings)", "",
              "| experiment | result | run time | report |", "|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {r.headline} | {r.seconds:.1f} s | [{r.name}/report.md]({r.name}/report.md) |")
+        headline = r.headline.replace("|", "\\|")  # a literal | would end the table cell
+        lines.append(f"| {r.name} | {headline} | {r.seconds:.1f} s | [{r.name}/report.md]({r.name}/report.md) |")
     lines.append("")
     for r in results:
         lines += [f"## {r.name}", "", f"![{r.name}]({r.name}/{r.figure.name})", ""]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._memory import check_fits, format_bytes
+from .._memory import check_fits
 
 __all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "pyplot",
            "progress_bar", "markdown_table", "to_jsonable", "check_networks_fit", "mlp_sizes", "log_log_slope", "Stopwatch",
@@ -75,11 +75,10 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A GitHub markdown table; floats with 4 significant digits."""
 
     def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|")  # a literal | (as in |x|) would end the cell
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -124,8 +123,7 @@ def check_networks_fit(parameter_count: int, activation_count: int, device: torc
     """
     item = torch.tensor([], dtype=dtype).element_size()
     need = item * (5 * parameter_count + 3 * activation_count)
-    check_fits(need, device, what, f"It needs about {format_bytes(need)}. Use --quick (smaller widths), or a device "
-                                   "with more memory (--device cuda).")
+    check_fits(need, device, what, "Use --quick (smaller widths), or a device with more memory (--device cuda).")
 
 
 def mlp_sizes(in_features: int, hidden_layers: int, width: int, out_features: int, points: int) -> tuple[int, int]:

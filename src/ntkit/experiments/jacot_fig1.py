@@ -59,7 +59,7 @@ class Config:
 
 CONFIGS = {
     "full": Config(),
-    "quick": Config(widths=(250, 2_000), initializations=6, angles=121),
+    "quick": Config(widths=(250, 2_000), angles=121),
     "tiny": Config(widths=(32, 1024), initializations=8, steps=30, angles=25),
 }
 

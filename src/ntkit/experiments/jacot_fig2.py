@@ -66,7 +66,7 @@ class Config:
 
 CONFIGS = {
     "full": Config(),
-    "quick": Config(initializations=8, steps=600, test_angles=201),
+    "quick": Config(steps=600, test_angles=201),
     "tiny": Config(widths=(512,), initializations=16, steps=100, test_angles=24),
 }
 

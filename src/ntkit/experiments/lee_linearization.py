@@ -147,7 +147,7 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
                                  [("Metrics", _metrics_table(per_width, slopes)), ("What to look for", _LOOK_FOR)],
                                  seconds)
     wide, narrow = str(max(widths)), str(min(widths))
-    headline = (f"max |f − f_lin| (RMS) {per_width[narrow]['max_discrepancy']:.3g} (n={narrow}) → "
+    headline = (f"max_t RMS(f − f_lin) {per_width[narrow]['max_discrepancy']:.3g} (n={narrow}) → "
                 f"{per_width[wide]['max_discrepancy']:.3g} (n={wide})"
                 + (f", slope {slopes['max_discrepancy']:.2f} in log-log" if slopes else ""))
     return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
