@@ -17,11 +17,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The main job: Jacot et al. 2018 Figs. 1-3 and Lee et al. 2019's linearisation, figures + metrics + reports in out/
 demo: $(STAMP)
-	$(PY) -m ntkit.cli demo
+	$(VENV)/bin/ntkit reproduce all --quick --out out/
 
 bench: $(STAMP)
 	$(PY) benchmarks/analytic_kernel.py
+	$(PY) benchmarks/empirical_ntk.py --skip-slow
+	$(PY) benchmarks/dynamics.py
 
 clean:
 	rm -rf $(VENV) out

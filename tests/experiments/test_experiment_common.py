@@ -66,3 +66,17 @@ def test_every_experiment_module_has_the_common_interface():
         assert module.run.__doc__ and "Run time, full settings" in module.__doc__
     with pytest.raises(ValueError, match="experiment must be one of"):
         experiment("jacot-fig4")
+
+
+def test_running_an_experiment_leaves_pyplot_and_the_backend_alone(tmp_path):
+    """Figures are built from matplotlib.figure, so a notebook's backend and pyplot state are not touched."""
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib; matplotlib.use('svg'); from ntkit.experiments import jacot_fig1; "
+            f"jacot_fig1.run(r'{tmp_path}', size='tiny', progress=False); "
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "jacot-fig1" / "jacot-fig1.png").stat().st_size > 10_000

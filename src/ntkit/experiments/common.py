@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .._memory import check_fits
 
-__all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "pyplot",
+__all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "new_figure",
+           "colormap_colors",
            "progress_bar", "markdown_table", "to_jsonable", "check_networks_fit", "mlp_sizes", "log_log_slope", "Stopwatch",
            "config_settings", "describe_axes", "DTYPES"]
 
@@ -56,14 +57,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (figures are written to files, never shown)."""
+def new_figure(nrows: int, ncols: int, *, figsize: tuple[float, float], **subplots):
+    """A matplotlib ``Figure`` and its axes grid, made without pyplot.
+
+    Figures are only written to files, so they need no GUI backend; building them from ``matplotlib.figure``
+    leaves the user's pyplot state and backend untouched (a notebook calling ``run`` keeps its inline backend).
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols, **subplots)
+
+
+def colormap_colors(name: str, count: int, stop: float = 1.0) -> np.ndarray:
+    """``count`` RGBA colours from the matplotlib colour map ``name`` (evenly over [0, stop])."""
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    cmap = matplotlib.colormaps[name]
+    positions = np.arange(count) if cmap.N < 256 else np.linspace(0.0, stop, count)  # qualitative maps: by index
+    return cmap(positions)
 
 
 def progress_bar(iterable: Iterable, *, desc: str, enabled: bool, total: int | None = None):
@@ -198,7 +210,6 @@ class ExperimentOutput:
         path = self.path(filename or f"{self.name}.png")
         self.figure_axes = describe_axes(figure)
         figure.savefig(path, dpi=130, bbox_inches="tight")
-        pyplot().close(figure)
         return path
 
     def save_metrics(self, metrics: dict) -> Path:

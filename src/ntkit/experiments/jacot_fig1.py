@@ -21,8 +21,8 @@ by the RMS of Θ_∞ (relative spread around the limit); ``deviation_after_train
 
 Run time, full settings (widths 500 and 10,000, 10 initialisations, 200 steps, 201 angles), 2 shared CPU cores:
 about 80 minutes, estimated from the measured cost of one width-10,000 network (9 s to build, 2.0–2.4 s per
-step, ≈ 8 min per network; width 500 takes seconds). ``--quick`` (widths 250 and 2,000, 6 initialisations, 200
-steps): about 40 s.
+step, ≈ 8 min per network; width 500 takes seconds). ``--quick`` (widths 250 and 2,000, 10 initialisations,
+200 steps, 121 angles): about 50 s (measured).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 from ..layers import mlp
 from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, markdown_table, mlp_sizes, progress_bar, pyplot, resolve_device)
+                     config_settings, markdown_table, mlp_sizes, progress_bar, new_figure, resolve_device)
 
 NAME = "jacot-fig1"
 TITLE = "Jacot et al. 2018, Fig. 1: convergence of the NTK to a fixed limit"
@@ -176,9 +176,8 @@ def _metrics_table(per_width: dict) -> str:
 
 
 def _plot(config: Config, gamma: torch.Tensor, limit: torch.Tensor, arrays: dict):
-    plt = pyplot()
     widths = config.widths
-    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 * len(widths), 4.2), sharey=True, squeeze=False)
+    fig, axes = new_figure(1, len(widths), figsize=(5.2 * len(widths), 4.2), sharey=True, squeeze=False)
     g = gamma.numpy()
     for ax, width in zip(axes[0], widths):
         for i, (k0, kt) in enumerate(zip(arrays[f"ntk_init_n{width}"], arrays[f"ntk_trained_n{width}"])):

@@ -26,7 +26,7 @@ Metrics (per width): ``fraction_inside_band`` = share of (network, test angle) p
 |mean over networks − μ| relative to the largest σ; ``final_loss``.
 
 Run time, full settings (widths 50 and 1000, 10 initialisations, 1000 steps, 401 test angles), 2 shared CPU
-cores: 56 s (measured). ``--quick`` (the same widths, 8 initialisations, 600 steps, 201 angles): 27 s.
+cores: 56 s (measured). ``--quick`` (the same widths, 10 initialisations, 600 steps, 201 angles): 28 s.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 
 from ..layers import mlp
 from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, markdown_table, mlp_sizes, progress_bar, pyplot, resolve_device)
+                     config_settings, markdown_table, mlp_sizes, progress_bar, new_figure, resolve_device)
 
 NAME = "jacot-fig2"
 TITLE = "Jacot et al. 2018, Fig. 2: learned functions against the limiting Gaussian"
@@ -204,9 +204,8 @@ def _metrics_table(per_width: dict) -> str:
 
 
 def _plot(config: Config, arrays: dict):
-    plt = pyplot()
     widths = config.widths
-    fig, axes = plt.subplots(1, len(widths), figsize=(5.2 * len(widths), 4.2), sharey=True, squeeze=False)
+    fig, axes = new_figure(1, len(widths), figsize=(5.2 * len(widths), 4.2), sharey=True, squeeze=False)
     g = arrays["gamma"].numpy()
     colors = {widths[0]: "tab:green", widths[-1]: "tab:red"}
     for ax, width in zip(axes[0], widths):

@@ -43,7 +43,7 @@ import torch
 
 from ..layers import mlp
 from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, markdown_table, mlp_sizes, progress_bar, pyplot, resolve_device)
+                     config_settings, markdown_table, mlp_sizes, progress_bar, colormap_colors, new_figure, resolve_device)
 
 NAME = "jacot-fig3"
 TITLE = "Jacot et al. 2018, Fig. 3: kernel principal components of MNIST and convergence along them"
@@ -214,20 +214,20 @@ def _metrics_table(per_width: dict, limit_final: float) -> str:
 
 
 def _plot(config: Config, arrays: dict, source: str):
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.6))
+    fig, axes = new_figure(2, 2, figsize=(11, 8.6))
+    digit_colors = colormap_colors("tab10", 10)
     k = config.target_component - 1
     ax = axes[0][0]
     coords, labels = arrays["pc_coordinates"].numpy(), arrays["labels"].numpy()
     for digit in np.unique(labels):
         mine = labels == digit
-        ax.scatter(coords[mine, 1], coords[mine, 2], color=plt.cm.tab10(int(digit) % 10), s=10, label=str(digit))
+        ax.scatter(coords[mine, 1], coords[mine, 2], color=digit_colors[int(digit) % 10], s=10, label=str(digit))
     ax.legend(title="digit", fontsize=8, ncol=2, markerscale=1.5, loc="best")
     ax.set_xlabel(r"2nd principal component $f^{(2)}(x)$")
     ax.set_ylabel(r"3rd principal component $f^{(3)}(x)$")
     ax.set_title(rf"(a) {len(labels)} digits in the plane of $f^{{(2)}}, f^{{(3)}}$")
 
-    colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(config.widths)))
+    colors = colormap_colors("viridis", len(config.widths), stop=0.85)
     t = arrays["times"].numpy()
     for panel, key in ((axes[0][1], "components"), (axes[1][0], "orthogonal")):
         for color, width in zip(colors, config.widths):

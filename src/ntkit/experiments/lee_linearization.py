@@ -35,7 +35,7 @@ import torch
 
 from ..layers import mlp
 from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, log_log_slope, markdown_table, mlp_sizes, progress_bar, pyplot,
+                     config_settings, log_log_slope, markdown_table, mlp_sizes, progress_bar, colormap_colors, new_figure,
                      resolve_device)
 from .jacot_fig3 import load_digits
 
@@ -180,10 +180,9 @@ def _metrics_table(per_width: dict, slopes: dict) -> str:
 
 
 def _plot(config: Config, arrays: dict, per_width: dict, slopes: dict):
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8.6))
+    fig, axes = new_figure(2, 2, figsize=(11, 8.6))
     t = arrays["times"].numpy()
-    colors = plt.cm.plasma(np.linspace(0.0, 0.8, len(config.widths)))
+    colors = colormap_colors("plasma", len(config.widths), stop=0.8)
     for color, width in zip(colors, config.widths):
         axes[0][0].plot(t, arrays[f"f_net_n{width}"][:, 0].numpy(), color=color, lw=1.5, label=f"n = {width:,}")
         axes[0][0].plot(t, arrays[f"f_lin_n{width}"][:, 0].numpy(), color=color, lw=1.5, ls="--")
