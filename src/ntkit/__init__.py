@@ -23,6 +23,7 @@ _LAZY = {
     "empirical_ntk": "ntkit.empirical",
     "empirical_nngp": "ntkit.empirical",
     "width_convergence": "ntkit.empirical",
+    "WidthConvergence": "ntkit.empirical",
     "GradientFlow": "ntkit.dynamics",
     "kernel_gradient_descent": "ntkit.dynamics",
     "ensemble_prediction": "ntkit.dynamics",
