@@ -24,7 +24,7 @@ from ..spectrum import as_symmetric_kernel
 from .._validation import check_finite
 from ._checks import as_cross_kernel, as_outputs, as_times, check_learning_rate, finite_or_raise
 
-__all__ = ["kernel_gradient_descent", "KernelDescentResult", "COSTS", "mse_cost", "cross_entropy_cost",
+__all__ = ["kernel_gradient_descent", "KernelDescentResult", "COSTS", "resolve_cost", "mse_cost", "cross_entropy_cost",
            "logistic_cost"]
 
 
@@ -44,6 +44,17 @@ def logistic_cost(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 COSTS: dict[str, Callable] = {"mse": mse_cost, "cross_entropy": cross_entropy_cost, "logistic": logistic_cost}
+
+
+def resolve_cost(cost: str | Callable) -> tuple[str | None, Callable]:
+    """(name, function) of a built-in cost given by name, or (None, cost) for a callable cost(f, y) -> (N,)."""
+    if isinstance(cost, str):
+        if cost not in COSTS:
+            raise ValueError(f"cost must be one of {sorted(COSTS)} or a callable cost(f, y) -> (N,); got {cost!r}")
+        return cost, COSTS[cost]
+    if callable(cost):
+        return None, cost
+    raise TypeError(f"cost must be a name or a callable cost(f, y) -> (N,); got {type(cost).__name__}")
 
 
 @dataclass(frozen=True)
@@ -123,14 +134,7 @@ def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, t
     """
     kernel = as_symmetric_kernel(kernel_train_train, "kernel_train_train")
     n, device = kernel.shape[0], kernel.device
-    if isinstance(cost, str):
-        if cost not in COSTS:
-            raise ValueError(f"cost must be one of {sorted(COSTS)} or a callable cost(f, y) -> (N,); got {cost!r}")
-        cost_name, cost_fn = cost, COSTS[cost]
-    elif callable(cost):
-        cost_name, cost_fn = None, cost
-    else:
-        raise TypeError(f"cost must be a name or a callable cost(f, y) -> (N,); got {type(cost).__name__}")
+    cost_name, cost_fn = resolve_cost(cost)
     y, o, squeeze = _targets_and_outputs(y_train, n, cost_name, f0_train)
     y = y.to(device)
     y_for_cost = y if cost_name is not None or not squeeze else y[:, 0]

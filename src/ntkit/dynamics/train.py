@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .._validation import as_input_tensor, check_positive_int
 from ._checks import check_learning_rate
-from .kernel_descent import COSTS, _targets_and_outputs
+from .kernel_descent import _targets_and_outputs, resolve_cost
 
 __all__ = ["train", "TrainingResult"]
 
@@ -94,14 +94,7 @@ def train(model: nn.Module, x, y, *, steps: int, learning_rate: float, cost: str
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     steps = check_positive_int(steps, "steps")
     eta = check_learning_rate(learning_rate)
-    if isinstance(cost, str):
-        if cost not in COSTS:
-            raise ValueError(f"cost must be one of {sorted(COSTS)} or a callable cost(f, y) -> (N,); got {cost!r}")
-        cost_name, cost_fn = cost, COSTS[cost]
-    elif callable(cost):
-        cost_name, cost_fn = None, cost
-    else:
-        raise TypeError(f"cost must be a name or a callable cost(f, y) -> (N,); got {type(cost).__name__}")
+    cost_name, cost_fn = resolve_cost(cost)
     x = _as_model_input(x, "x", model)
     x_test = None if x_test is None else _as_model_input(x_test, "x_test", model)
     params = [p for p in model.parameters() if p.requires_grad]

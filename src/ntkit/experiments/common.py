@@ -27,13 +27,25 @@ from .._memory import check_fits
 __all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "new_figure",
            "colormap_colors",
            "progress_bar", "markdown_table", "to_jsonable", "check_networks_fit", "mlp_sizes", "log_log_slope", "Stopwatch",
-           "config_settings", "describe_axes", "DTYPES"]
+           "config_settings", "describe_axes", "DTYPES", "PaperNetwork"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # "full": the papers' settings; "quick": the same experiment shrunk so that `ntkit reproduce all --quick` takes
 # minutes on 2 CPU cores; "tiny": seconds, for the tests (hidden on the command line).
 SIZES = ("full", "quick", "tiny")
+
+
+@dataclass(frozen=True)
+class PaperNetwork:
+    """The network and training settings every experiment shares (Jacot et al. 2018 §6): ReLU, L = 4 weight layers,
+    w_std = 1, β = b_std = 0.1, learning rate 1.0, one output. Each experiment's ``Config`` extends it."""
+
+    hidden_layers: int = 3
+    w_std: float = 1.0
+    b_std: float = 0.1
+    learning_rate: float = 1.0
+    dtype: str = "float32"
 
 
 def check_size(size: str) -> str:
@@ -223,6 +235,17 @@ class ExperimentOutput:
                  for k, v in arrays.items()}
         np.savez_compressed(path, **plain)
         return path
+
+    def finish(self, title: str, figure, metrics: dict, arrays: dict, *, summary: str, settings: dict,
+               sections: list[tuple[str, str]], headline: str) -> "ExperimentResult":
+        """Write the figure, metrics.json, data.npz and report.md, and return what the run produced."""
+        seconds = metrics["seconds"]
+        figure_path = self.save_figure(figure)
+        self.save_metrics(metrics)
+        self.save_arrays(arrays)
+        report = self.write_report(title, summary, settings, figure_path, sections, seconds)
+        return ExperimentResult(self.name, metrics, arrays, self.directory, figure_path, report, seconds, headline,
+                                self.figure_axes)
 
     def write_report(self, title: str, summary: str, settings: dict, figure: Path, sections: list[tuple[str, str]],
                      seconds: float) -> Path:

@@ -34,15 +34,15 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, markdown_table, mlp_sizes, progress_bar, new_figure, resolve_device)
+from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
+                     check_size, config_settings, markdown_table, mlp_sizes, new_figure, progress_bar, resolve_device)
 
 NAME = "jacot-fig1"
 TITLE = "Jacot et al. 2018, Fig. 1: convergence of the NTK to a fixed limit"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(PaperNetwork):
     """Settings of the experiment; ``CONFIGS`` holds the paper's ("full") and the shrunk ones."""
 
     widths: tuple[int, ...] = (500, 10_000)
@@ -50,11 +50,6 @@ class Config:
     steps: int = 200
     train_points: int = 20
     angles: int = 201
-    hidden_layers: int = 3
-    w_std: float = 1.0
-    b_std: float = 0.1
-    learning_rate: float = 1.0
-    dtype: str = "float32"
 
 
 CONFIGS = {
@@ -141,17 +136,14 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     metrics = {"experiment": NAME, "settings": config_settings(config), "seed": seed, "device": str(device),
                "initial_loss": float(0.5 * y_train.pow(2).mean()), "per_width": per_width, "seconds": seconds}
 
-    figure = output.save_figure(_plot(config, gamma, limit, arrays))
-    output.save_metrics(metrics)
-    output.save_arrays(arrays)
-    report = output.write_report(TITLE, _summary(config, per_width), config_settings(config), figure,
-                                 [("Metrics", _metrics_table(per_width)), ("What to look for", _LOOK_FOR)], seconds)
     wide, narrow = str(max(config.widths)), str(min(config.widths))
     headline = (f"spread around the limit {per_width[narrow]['deviation_at_init']:.3f} (n={narrow}) → "
                 f"{per_width[wide]['deviation_at_init']:.3f} (n={wide}); kernel change "
                 f"{per_width[narrow]['kernel_change']:.3f} → {per_width[wide]['kernel_change']:.3f}")
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
-                            output.figure_axes)
+    return output.finish(TITLE, _plot(config, gamma, limit, arrays), metrics, arrays,
+                         summary=_summary(config, per_width), settings=config_settings(config),
+                         sections=[("Metrics", _metrics_table(per_width)), ("What to look for", _LOOK_FOR)],
+                         headline=headline)
 
 
 _LOOK_FOR = ("The thin curves scatter around the black limit; the scatter is narrower for the wider network "

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, markdown_table, mlp_sizes, progress_bar, new_figure, resolve_device)
+from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
+                     check_size, config_settings, markdown_table, mlp_sizes, new_figure, progress_bar, resolve_device)
 
 NAME = "jacot-fig2"
 TITLE = "Jacot et al. 2018, Fig. 2: learned functions against the limiting Gaussian"
@@ -49,7 +49,7 @@ Z90 = 1.2815515655446004
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(PaperNetwork):
     """Settings of the experiment; ``CONFIGS`` holds the paper's ("full") and the shrunk ones."""
 
     widths: tuple[int, ...] = (50, 1000)
@@ -57,11 +57,6 @@ class Config:
     steps: int = 1000
     train_angles: tuple[float, ...] = (-2.5, -0.9, 0.6, 2.0)
     test_angles: int = 401
-    hidden_layers: int = 3
-    w_std: float = 1.0
-    b_std: float = 0.1
-    learning_rate: float = 1.0
-    dtype: str = "float32"
 
 
 CONFIGS = {
@@ -169,15 +164,12 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
                "limit_max_std": float(std_t.max()),
                "per_width": per_width, "seconds": seconds}
 
-    figure = output.save_figure(_plot(config, arrays))
-    output.save_metrics(metrics)
-    output.save_arrays(arrays)
-    report = output.write_report(TITLE, _summary(config), config_settings(config), figure,
-                                 [("Metrics", _metrics_table(per_width)), ("What to look for", _LOOK_FOR)], seconds)
     headline = "; ".join(f"n={w}: {m['fraction_inside_band']:.0%} inside the 10–90% band (0.8 expected)"
                          for w, m in per_width.items())
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
-                            output.figure_axes)
+    return output.finish(TITLE, _plot(config, arrays), metrics, arrays, summary=_summary(config),
+                         settings=config_settings(config),
+                         sections=[("Metrics", _metrics_table(per_width)), ("What to look for", _LOOK_FOR)],
+                         headline=headline)
 
 
 _LOOK_FOR = ("Every learned function passes through the 4 training points. Between them, draws from the limiting "

@@ -42,8 +42,9 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, markdown_table, mlp_sizes, progress_bar, colormap_colors, new_figure, resolve_device)
+from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
+                     check_size, colormap_colors, config_settings, markdown_table, mlp_sizes, new_figure, progress_bar,
+                     resolve_device)
 
 NAME = "jacot-fig3"
 TITLE = "Jacot et al. 2018, Fig. 3: kernel principal components of MNIST and convergence along them"
@@ -51,7 +52,7 @@ TOP = 10  # eigenvalues reported
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(PaperNetwork):
     """Settings of the experiment; ``CONFIGS`` holds the paper's ("full") and the shrunk ones."""
 
     widths: tuple[int, ...] = (100, 1000, 10_000)
@@ -61,11 +62,6 @@ class Config:
     target_component: int = 2
     target_scale: float = 0.5
     records: int = 50
-    hidden_layers: int = 3
-    w_std: float = 1.0
-    b_std: float = 0.1
-    learning_rate: float = 1.0
-    dtype: str = "float32"
 
 
 CONFIGS = {
@@ -176,19 +172,17 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
                "data": source, "digits": n, "input_dimension": n0, "eig_over_n": eig_over_n.tolist(),
                "limit_component_2_final": float(limit_k[-1]), "per_width": per_width, "seconds": seconds}
 
-    figure = output.save_figure(_plot(config, arrays, source))
-    output.save_metrics(metrics)
-    output.save_arrays(arrays)
     eig_table = markdown_table(["i", "λ_i / N"], [[i + 1, float(v)] for i, v in enumerate(eig_over_n)])
-    report = output.write_report(TITLE, _summary(config, source, n), config_settings(config), figure,
-                                 [("Top eigenvalues of the limiting NTK (eig/N)", eig_table),
-                                  ("Convergence along the components", _metrics_table(per_width, float(limit_k[-1]))),
-                                  ("What to look for", _LOOK_FOR)], seconds)
     wide, narrow = str(max(config.widths)), str(min(config.widths))
     headline = (f"λ_2/N = {float(eig_over_n[1]):.4f}; leak off f^(2) {per_width[narrow]['orthogonal_final']:.3f} "
                 f"(n={narrow}) → {per_width[wide]['orthogonal_final']:.3f} (n={wide})")
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
-                            output.figure_axes)
+    return output.finish(TITLE, _plot(config, arrays, source), metrics, arrays, summary=_summary(config, source, n),
+                         settings=config_settings(config),
+                         sections=[("Top eigenvalues of the limiting NTK (eig/N)", eig_table),
+                                   ("Convergence along the components",
+                                    _metrics_table(per_width, float(limit_k[-1]))),
+                                   ("What to look for", _LOOK_FOR)],
+                         headline=headline)
 
 
 _LOOK_FOR = ("(a) The digits in the plane of the 2nd and 3rd kernel principal components: the components separate "

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, Stopwatch, check_networks_fit, check_size,
-                     config_settings, log_log_slope, markdown_table, mlp_sizes, progress_bar, colormap_colors, new_figure,
-                     resolve_device)
+from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
+                     check_size, colormap_colors, config_settings, log_log_slope, markdown_table, mlp_sizes, new_figure,
+                     progress_bar, resolve_device)
 from .jacot_fig3 import load_digits
 
 NAME = "lee-linearization"
@@ -44,7 +44,7 @@ TITLE = "Lee et al. 2019: wide networks evolve as their linearisation"
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(PaperNetwork):
     """Settings of the experiment; ``CONFIGS`` holds the full and the shrunk ones."""
 
     widths: tuple[int, ...] = (64, 256, 1024, 4096)
@@ -52,11 +52,7 @@ class Config:
     test_points: int = 128
     steps: int = 1000
     records: int = 20
-    hidden_layers: int = 2
-    w_std: float = 1.0
-    b_std: float = 0.1
-    learning_rate: float = 1.0
-    dtype: str = "float32"
+    hidden_layers: int = 2  # Lee et al. train shallower networks than Jacot's L = 4
 
 
 CONFIGS = {
@@ -140,18 +136,14 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     seconds = clock.seconds
     metrics = {"experiment": NAME, "settings": config_settings(config), "seed": seed, "device": str(device),
                "data": source, "per_width": per_width, "log_log_slopes": slopes, "seconds": seconds}
-    figure = output.save_figure(_plot(config, arrays, per_width, slopes))
-    output.save_metrics(metrics)
-    output.save_arrays(arrays)
-    report = output.write_report(TITLE, _summary(config, source), config_settings(config), figure,
-                                 [("Metrics", _metrics_table(per_width, slopes)), ("What to look for", _LOOK_FOR)],
-                                 seconds)
     wide, narrow = str(max(widths)), str(min(widths))
     headline = (f"max_t RMS(f − f_lin) {per_width[narrow]['max_discrepancy']:.3g} (n={narrow}) → "
                 f"{per_width[wide]['max_discrepancy']:.3g} (n={wide})"
                 + (f", slope {slopes['max_discrepancy']:.2f} in log-log" if slopes else ""))
-    return ExperimentResult(NAME, metrics, arrays, output.directory, figure, report, seconds, headline,
-                            output.figure_axes)
+    return output.finish(TITLE, _plot(config, arrays, per_width, slopes), metrics, arrays,
+                         summary=_summary(config, source), settings=config_settings(config),
+                         sections=[("Metrics", _metrics_table(per_width, slopes)), ("What to look for", _LOOK_FOR)],
+                         headline=headline)
 
 
 _LOOK_FOR = ("(a) The network (solid) and its linearisation (dashed) give nearly the same outputs at every time, "
