@@ -1,0 +1,172 @@
+r"""The infinite-width NTK and NNGP of a fully-connected network as scikit-learn kernels.
+
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from ntkit.sklearn import NNGP, NTK
+    gp = GaussianProcessRegressor(NNGP(hidden_layers=3) + WhiteKernel()).fit(X, y)   # w_std, b_std optimised
+
+The kernels are those of ``nk.mlp(hidden_layers, width, activation=..., w_std=..., b_std=...)`` in the NTK
+parameterisation (Jacot et al. 2018, Prop. 1 and Thm. 1; the NNGP is Lee et al. 2018's GP), for one output, in
+float64; the width does not enter the limit. ``w_std`` and ``b_std`` (Jacot's β) are hyperparameters: sklearn's
+``theta`` holds their logs (b_std first, the alphabetical order sklearn uses), and ``eval_gradient=True`` returns
+the exact derivatives with respect to those logs, computed in forward mode (see :mod:`ntkit.sklearn.recursion`).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
+
+from ..layers import mlp
+from ..layers.activations import ACTIVATION_NAMES
+from .recursion import mlp_kernel_with_tangents
+
+__all__ = ["NTK", "NNGP"]
+
+
+def check_architecture(hidden_layers, activation, w_std, b_std, owner: str) -> None:
+    """Raise a ValueError/TypeError naming the parameter of ``owner`` that is not a valid architecture setting."""
+    if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, numbers.Integral) or hidden_layers < 0:
+        raise ValueError(f"{owner}: hidden_layers must be a non-negative integer; got {hidden_layers!r}")
+    if not isinstance(activation, str) or activation.lower().replace("-", "_") not in ACTIVATION_NAMES:
+        raise ValueError(f"{owner}: activation must be one of {', '.join(ACTIVATION_NAMES)}; got {activation!r}")
+    for name, value in (("w_std", w_std), ("b_std", b_std)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{owner}: {name} must be a finite non-negative number; got {value!r}")
+
+
+def as_float64_inputs(X, name: str) -> torch.Tensor:
+    """A (N, d) float64 tensor from what sklearn passes a kernel (a 2-D array)."""
+    array = np.asarray(X, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features); got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _mirror_upper(matrix: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix (or stack of matrices) with the upper triangle and diagonal of ``matrix``."""
+    upper = torch.triu(matrix)
+    return upper + torch.triu(matrix, 1).transpose(-1, -2)
+
+
+class _FullyConnectedKernel(Kernel):
+    """Shared machinery of :class:`NTK` and :class:`NNGP`; ``kind`` names the kernel of ``arch.kernel``."""
+
+    kind = "ntk"
+
+    def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, w_std_bounds=(1e-2, 1e2),
+                 b_std_bounds=(1e-5, 1e2)):
+        self.hidden_layers = hidden_layers
+        self.activation = activation
+        self.w_std = w_std
+        self.b_std = b_std
+        self.w_std_bounds = w_std_bounds
+        self.b_std_bounds = b_std_bounds
+
+    # sklearn collects hyperparameters from the attributes named hyperparameter_*, in alphabetical order.
+    @property
+    def hyperparameter_w_std(self):
+        return Hyperparameter("w_std", "numeric", self.w_std_bounds)
+
+    @property
+    def hyperparameter_b_std(self):
+        return Hyperparameter("b_std", "numeric", self.b_std_bounds)
+
+    def _check(self) -> None:
+        name = type(self).__name__
+        check_architecture(self.hidden_layers, self.activation, self.w_std, self.b_std, name)
+        for hyper in self.hyperparameters:
+            # theta is log(value): a free hyperparameter at 0 would sit at log 0 = -inf
+            if not hyper.fixed and getattr(self, hyper.name) <= 0:
+                raise ValueError(f"{name}: {hyper.name} must be > 0 while it is a free hyperparameter (theta holds "
+                                 f"its log); got {getattr(self, hyper.name)!r}. Use {hyper.name}_bounds='fixed' "
+                                 "to keep it at 0.")
+
+    def _architecture(self):
+        # width=1: in the NTK parameterisation the limit does not depend on the width
+        return mlp(int(self.hidden_layers), 1, activation=self.activation, w_std=float(self.w_std),
+                   b_std=float(self.b_std))
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        """k(X, Y), shape (n_X, n_Y); with ``eval_gradient`` (Y must be None) also ∂k/∂theta, (n_X, n_X, n_free)."""
+        self._check()
+        x = as_float64_inputs(X, "X")
+        if eval_gradient:
+            if Y is not None:
+                raise ValueError("Gradient can only be evaluated when Y is None.")
+            return self._value_and_gradient(x)
+        y = None if Y is None else as_float64_inputs(Y, "Y")
+        if y is not None and y.shape[1] != x.shape[1]:
+            raise ValueError(f"X has {x.shape[1]} features but Y has {y.shape[1]}")
+        value = self._architecture().kernel(x, y, get=self.kind)[self.kind]
+        return value.numpy()
+
+    def _value_and_gradient(self, x: torch.Tensor):
+        n0 = x.shape[1]
+        gram = (x @ x.T) / n0
+        sq = (x * x).sum(1) / n0
+        gram.diagonal().copy_(sq)  # as arch.kernel: a point's self-correlation is exactly 1
+        value, tangent = mlp_kernel_with_tangents(gram, sq[:, None], sq[None, :], **self._recursion_options())
+        # Mirror the upper triangle, as arch.kernel(X) does: quadrature duals are not exactly symmetric in
+        # (x, x'), and a GP needs k(X, X) (and its derivatives) exactly symmetric.
+        value, tangent = _mirror_upper(value), _mirror_upper(tangent)
+        by_name = {"w_std": tangent[0], "b_std": tangent[1]}
+        free = [by_name[h.name] for h in self.hyperparameters if not h.fixed]  # theta's order
+        gradient = np.stack([g.numpy() for g in free], axis=-1) if free else np.empty((*value.shape, 0))
+        return value.numpy(), gradient
+
+    def _recursion_options(self) -> dict:
+        return dict(hidden_layers=int(self.hidden_layers), activation=self.activation, w_std=float(self.w_std),
+                    b_std=float(self.b_std), kind=self.kind)
+
+    def diag(self, X):
+        """k(x, x) for each row of X, (n_X,), by the 1-D variance recursion (O(n_X), not the n_X² grid)."""
+        self._check()
+        x = as_float64_inputs(X, "X")
+        sq = (x * x).sum(1) / x.shape[1]
+        value, _ = mlp_kernel_with_tangents(sq, sq, sq, same_point=True, **self._recursion_options())
+        return value.numpy()
+
+    def is_stationary(self):
+        """False: the kernel depends on the inputs' norms and angle, not on x − x'."""
+        return False
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(hidden_layers={self.hidden_layers}, activation={self.activation!r}, "
+                f"w_std={self.w_std:.3g}, b_std={self.b_std:.3g})")
+
+
+class NTK(_FullyConnectedKernel):
+    r"""Infinite-width neural tangent kernel Θ of a fully-connected network, as a scikit-learn kernel.
+
+    Θ is the limit of Σ_p ∂f(x)/∂θ_p ∂f(x')/∂θ_p for ``nk.mlp(hidden_layers, width, activation=activation,
+    w_std=w_std, b_std=b_std)`` in the NTK parameterisation (Jacot et al. 2018, Thm. 1):
+    Dense: Σ ← w²K + b², Θ ← Σ + w²Θ; activation: K ← E[σ(u)σ(v)], Θ ← Θ·E[σ'(u)σ'(v)], from Σ⁽⁰⁾ = x·x'/n0.
+    A GP with this kernel is the posterior of Lee et al. 2019's linearised network only for its mean at t = ∞;
+    for a kernel machine use :class:`ntkit.sklearn.NTKRegressor`.
+
+    Args:
+        hidden_layers: number of activations (Jacot's L = hidden_layers + 1 weight layers).
+        activation: a name from ``ntkit.layers.ACTIVATION_NAMES`` ("relu", "erf", "tanh", ...).
+        w_std, b_std: weight and bias standard deviations (hyperparameters; theta holds their logs).
+        w_std_bounds, b_std_bounds: (low, high) for the optimiser, or "fixed".
+    """
+
+    kind = "ntk"
+
+
+class NNGP(_FullyConnectedKernel):
+    r"""Infinite-width NNGP kernel Σ of a fully-connected network, as a scikit-learn kernel.
+
+    Σ(x, x') = lim E[f(x) f(x')] at initialisation for ``nk.mlp(hidden_layers, width, activation=activation,
+    w_std=w_std, b_std=b_std)`` (Jacot et al. 2018, Prop. 1; Lee et al. 2018, eq. (4)): Dense: Σ ← w²K + b²;
+    activation: K ← E[σ(u)σ(v)], from Σ⁽⁰⁾ = x·x'/n0. Exact Bayesian inference with it is Lee et al. 2018's NNGP.
+
+    Args: as :class:`NTK`.
+    """
+
+    kind = "nngp"
