@@ -187,6 +187,19 @@ class SharedLayers(nn.Module):
         return self.head(torch.tanh(a) * b)
 
 
+class UnusedHead(nn.Module):
+    """A Linear and a Conv1d that the forward never calls (an auxiliary head left out): their share is zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.aux = nn.Linear(4, 5)
+        self.aux_conv = nn.Conv1d(1, 2, 3)
+
+    def forward(self, x):
+        return self.body(torch.tanh(x))
+
+
 def transformer_model():
     """A batch-first TransformerEncoderLayer (multi-head attention reads its out_proj's weight directly, so the
     probe sends it to the Jacobian path; the feed-forward Linears and LayerNorms take the fast path)."""
@@ -230,5 +243,6 @@ ZOO = {
     "batchnorm_eval": (lambda: _build(BatchNormEval),
                        lambda n, s: torch.randn(n, 2, 4, 4, generator=seeded(s), dtype=DT)),
     "shared_layers": (lambda: _build(SharedLayers), lambda n, s: torch.randn(n, 2, 6, generator=seeded(s), dtype=DT)),
+    "unused_head": (lambda: _build(UnusedHead), lambda n, s: torch.randn(n, 4, generator=seeded(s), dtype=DT)),
     "transformer": (transformer_model, lambda n, s: torch.randn(n, 3, 8, generator=seeded(s), dtype=DT)),
 }

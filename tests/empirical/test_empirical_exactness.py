@@ -3,8 +3,8 @@
 The zoo (empirical_models.py) covers an nk.mlp built network (DenseModule scales), CNNs with stride, padding
 (zeros, reflect, circular, 'same'), dilation and groups in 1, 2 and 3 dimensions, a residual block with
 LayerNorm, an embedding model with padding_idx and a position-wise Linear and GroupNorm, a model with a free
-nn.Parameter, a frozen layer and a custom layer, tied weights, eval-mode BatchNorm, and layers called twice per
-sample, and a TransformerEncoderLayer.
+nn.Parameter, a frozen layer and a custom layer, tied weights, eval-mode BatchNorm, layers called twice per
+sample, layers the forward never calls, and a TransformerEncoderLayer.
 """
 
 import pytest

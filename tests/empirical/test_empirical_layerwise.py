@@ -85,6 +85,18 @@ def test_probe_sends_shared_hooked_and_foreign_parameters_to_the_jacobian_path()
     assert structure.outputs == 2 and structure.activation_bytes > 0
 
 
+def test_modules_the_forward_does_not_call_go_to_the_jacobian_path():
+    """An unused head has no inputs to capture; its parameters still count (with a zero share), exactly."""
+    from empirical_models import UnusedHead
+
+    model = UnusedHead().double()
+    structure = _structure(model, torch.randn(3, 4, dtype=torch.float64))
+    assert [layer.name for layer in structure.fast_layers] == ["body"]
+    assert structure.fallbacks == {"aux": "the model's forward did not call it",
+                                   "aux_conv": "the model's forward did not call it"}
+    assert structure.rest_names == ["aux.weight", "aux.bias", "aux_conv.weight", "aux_conv.bias"]
+
+
 def test_cost_model_chooses_grams_for_dense_layers_and_gradients_for_images():
     net = nk.mlp(2, 64, 3).build(8, seed=0, dtype=torch.float64)
     x = torch.randn(4, 8, dtype=torch.float64)

@@ -4,6 +4,7 @@ The probe runs the model on a batch of 1 and a batch of 2 and records, for every
 (``layerwise.find_rule``), each call's input and output shapes. A module's parameters go to the fast path only if
 
 * its class's own ``forward`` runs (no override) and it has no hooks of its own;
+* the model calls it (a module left out of the forward, such as an unused head, has nothing to capture);
 * each call sees the batch on axis 0 (shapes (1, ...) then (2, ...), same trailing shape), so that per-sample
   inputs and cotangents can be read off a batched pass;
 * its trainable parameters are used by its own forward and nowhere else: a ``TorchFunctionMode`` watches every
@@ -141,8 +142,9 @@ def _run_watched(fn: ModelFunction, x: torch.Tensor, layers: list[FastLayer], ow
 
 
 def _batch_first(one: list, two: list) -> bool:
-    if len(one) != len(two) or not one:
-        return len(one) == len(two)
+    """Each call saw the batch on axis 0: (1, ...) on one sample, (2, ...) on two, the same calls both times."""
+    if len(one) != len(two):
+        return False
     for (in1, out1), (in2, out2) in zip(one, two):
         for s1, s2 in ((in1, in2), (out1, out2)):
             if s1 is None or s2 is None or len(s1) == 0 or s1[0] != 1 or s2[0] != 2 or s1[1:] != s2[1:]:
@@ -183,6 +185,8 @@ def probe_model(fn: ModelFunction, x: torch.Tensor, *, fast: bool = True) -> Mod
     for i, layer in enumerate(layers):
         if any(id(fn.params[p]) in foreign for p in layer.roles.values()):
             fallbacks[layer.name] = "its parameters are also used outside its own forward"
+        elif not calls_one[i]:  # a share of zero on these samples, but its use may depend on the data
+            fallbacks[layer.name] = "the model's forward did not call it"
         elif not _batch_first(calls_one[i], calls_two[i]):
             fallbacks[layer.name] = "its inputs or outputs do not have the batch on axis 0"
         else:
