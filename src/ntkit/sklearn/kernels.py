@@ -44,7 +44,13 @@ def as_float64_inputs(X, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features); got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinity")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return as_tensor(array)
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A float64 tensor sharing memory with ``array`` when it is C-contiguous and writable (torch refuses read-only
+    memory, e.g. memory-mapped inputs), a copy otherwise."""
+    return torch.from_numpy(np.require(array, dtype=np.float64, requirements=["C", "W"]))
 
 
 def _mirror_upper(matrix: torch.Tensor) -> torch.Tensor:

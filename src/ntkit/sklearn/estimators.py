@@ -1,0 +1,233 @@
+r"""Kernel machines on the infinite-width NTK/NNGP: the infinite-width network trained for time t, as estimators.
+
+Conventions (Jacot et al. 2018; DESIGN.md): cost C = ½ E_{p_in}‖f − y‖² over the N training points; gradient descent
+with learning rate η makes f follow ∂_t f(x) = −(η/N) Σ_j Θ(x, x_j)(f(x_j) − y_j). From the mean initial function
+f_0 = 0 of the infinite-width ensemble the outputs at time t are (Lee et al. 2019, eq. (9)–(10)), with
+Θ + rI = V diag(λ) Vᵀ, r = diag_reg · tr(Θ)/N:
+
+    f_t(x*) = Θ(x*, X) V diag((1 − e^{−ηλt/N}) / λ) Vᵀ y          →  Θ(x*, X)(Θ + rI)⁻¹ y   at t = ∞,
+
+i.e. kernel ridge regression at t = ∞ (Arora et al. 2019 "exact computation with an infinitely wide net";
+Lee et al. 2018 for the NNGP). Both estimators store the dual coefficients α = V diag(φ(t)) Vᵀ y, so predicting is
+one kernel row block and one product: f_t(x*) = Θ(x*, X) α.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.svm import SVC
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..dynamics.gradient_flow import GradientFlow
+from ..layers import mlp
+from .kernels import as_tensor, check_architecture
+
+__all__ = ["NTKRegressor", "NTKClassifier"]
+
+KERNEL_KINDS = ("ntk", "nngp")
+SOLVERS = ("regression", "svm")
+
+
+def _check_positive(value, name: str, owner: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value >= 0 if allow_zero else value > 0) and (allow_inf or math.isfinite(value))
+    if not ok:
+        kind = "non-negative" if allow_zero else "positive"
+        extra = " (or math.inf)" if allow_inf else ""
+        raise ValueError(f"{owner}: {name} must be a {kind} finite number{extra}; got {value!r}")
+    return float(value)
+
+
+class _KernelMachine(BaseEstimator):
+    """Shared fitting of the dual coefficients α_t (see the module docstring) and kernel evaluation."""
+
+    def _check_params(self) -> None:
+        owner = type(self).__name__
+        check_architecture(self.hidden_layers, self.activation, self.w_std, self.b_std, owner)
+        if self.kernel not in KERNEL_KINDS:
+            raise ValueError(f"{owner}: kernel must be one of {KERNEL_KINDS}; got {self.kernel!r}")
+        _check_positive(self.t, "t", owner, allow_zero=True, allow_inf=True)
+        _check_positive(self.learning_rate, "learning_rate", owner)
+        _check_positive(self.diag_reg, "diag_reg", owner, allow_zero=True)
+
+    def _kernel(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
+        """The (N1, N2) float64 NTK or NNGP of ``nk.mlp(hidden_layers, ., activation, w_std, b_std)``."""
+        # width=1: the NTK-parameterisation limit does not depend on the width
+        arch = mlp(int(self.hidden_layers), 1, activation=self.activation, w_std=float(self.w_std),
+                   b_std=float(self.b_std))
+        x2 = None if x2 is None else as_tensor(x2)
+        return arch.kernel(as_tensor(x1), x2, get=self.kernel)[self.kernel]
+
+    def _fit_dual_coef(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """α_t (N, O) for targets (N, O), from the train-train kernel of ``x``."""
+        k_train = self._kernel(x)
+        y = as_tensor(targets)
+        if math.isinf(self.t):
+            return self._ridge_coef(k_train, y).numpy()
+        # Finite t: the closed form of nk.GradientFlow (one eigendecomposition); α_t = −dual_coefficients for f_0 = 0.
+        flow = GradientFlow(k_train, y, learning_rate=self.learning_rate, diag_reg=self.diag_reg)
+        return (-flow.dual_coefficients(float(self.t))[0]).numpy()
+
+    def _ridge_coef(self, k_train: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(Θ + rI)⁻¹ y with r = diag_reg·tr(Θ)/N, GradientFlow's regulariser, by a Cholesky solve.
+
+        GradientFlow gives the same α at t = ∞ from an eigendecomposition, which costs several times a Cholesky
+        factorisation (≈ N³/3 flops); t = ∞ is the default and what cross-validation repeats, so it gets the
+        cheaper route. The tests check that both agree.
+        """
+        n = k_train.shape[0]
+        reg = self.diag_reg * float(torch.diagonal(k_train).mean())
+        factor, info = torch.linalg.cholesky_ex(k_train + reg * torch.eye(n, dtype=k_train.dtype))
+        if int(info) != 0:
+            raise ValueError(
+                f"{type(self).__name__}: the train-train {self.kernel.upper()} kernel (+ diag_reg·tr/N·I, diag_reg="
+                f"{self.diag_reg:g}) is not positive definite (duplicated or collinear samples?), so t = inf has no "
+                "unique solution. Pass diag_reg > 0 (e.g. 1e-4) or a finite t.")
+        return torch.cholesky_solve(y, factor)
+
+    def _outputs(self, X) -> np.ndarray:
+        """f_t(x*) = Θ(x*, X) α_t, (M, O)."""
+        check_is_fitted(self, "dual_coef_")
+        x = validate_data(self, X, reset=False, dtype=np.float64)
+        return self._kernel(x, self.X_fit_).numpy() @ self.dual_coef_
+
+
+class NTKRegressor(RegressorMixin, _KernelMachine):
+    r"""The infinite-width fully-connected network trained by gradient flow on the MSE for time t.
+
+    Predicts f_t(x*) = Θ(x*, X) V diag((1 − e^{−ηλt/N})/λ) Vᵀ y, the mean output of the infinite-width ensemble
+    (Lee et al. 2019, eq. (10); Jacot et al. 2018's scaling ∂_t f = −(η/N) Σ_j Θ(x, x_j)(f(x_j) − y_j)), with Θ the
+    NTK (or the NNGP: the network with only its last layer trained) of ``nk.mlp(hidden_layers, ., activation,
+    w_std=w_std, b_std=b_std)`` and Θ + rI = V diag(λ) Vᵀ, r = diag_reg·tr(Θ)/N. At t = ∞ (default) this is
+    kernel ridge regression Θ(x*, X)(Θ + rI)⁻¹ y. No intercept is fitted (the network's bias plays that role);
+    standardise y, or wrap in ``TransformedTargetRegressor``, for targets far from zero.
+
+    Args:
+        hidden_layers: number of activations (Jacot's L = hidden_layers + 1).
+        activation: name from ``ntkit.layers.ACTIVATION_NAMES``.
+        w_std, b_std: weight and bias standard deviations of the NTK parameterisation.
+        kernel: "ntk" (all layers trained) or "nngp" (only the readout trained / Bayesian posterior mean).
+        t: training time in gradient-descent steps of size ``learning_rate`` (0 ≤ t ≤ inf).
+        learning_rate: η (> 0); only the product η·t matters.
+        diag_reg: relative ridge r/(tr Θ/N) ≥ 0, as ``nk.GradientFlow``'s diag_reg.
+
+    Attributes:
+        X_fit_: (N, d) training inputs (float64); dual_coef_: (N, O) α_t; n_features_in_.
+    """
+
+    def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
+                 learning_rate=1.0, diag_reg=1e-4):
+        self.hidden_layers = hidden_layers
+        self.activation = activation
+        self.w_std = w_std
+        self.b_std = b_std
+        self.kernel = kernel
+        self.t = t
+        self.learning_rate = learning_rate
+        self.diag_reg = diag_reg
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X, y):
+        """Fit to X (N, d) and y (N,) or (N, O)."""
+        self._check_params()
+        x, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        self._y_ndim = y.ndim
+        self.X_fit_ = x
+        self.dual_coef_ = self._fit_dual_coef(x, y.reshape(len(y), -1))
+        return self
+
+    def predict(self, X):
+        """f_t(X): (M,) when y was 1-D, else (M, O)."""
+        out = self._outputs(X)
+        return out[:, 0] if self._y_ndim == 1 else out
+
+
+class NTKClassifier(ClassifierMixin, _KernelMachine):
+    r"""Classification with the infinite-width network: one-hot regression on the NTK/NNGP, or an SVM on it.
+
+    ``solver="regression"`` (default) trains the infinite-width network on centred one-hot targets
+    y_ik = 1[y_i = k] − 1/K by gradient flow on the MSE for time t (the :class:`NTKRegressor` closed form;
+    Arora et al. 2019 and Lee et al. 2018 classify this way); the scores are the K outputs f_t(x*).
+    ``solver="svm"`` fits ``sklearn.svm.SVC(kernel="precomputed", C=C)`` on the kernel instead (Arora et al.
+    2020's NTK-SVM); its scores are SVC's one-vs-rest decision values (binary: ±d/2).
+
+    ``predict`` returns the class of the largest score. ``predict_proba`` is the softmax of the scores: a monotone
+    map, consistent with ``predict``, but not calibrated (wrap in ``CalibratedClassifierCV`` for calibration).
+
+    Args: as :class:`NTKRegressor`, plus
+        solver: "regression" or "svm"; C: SVC's penalty (> 0, used by solver="svm" only; t, learning_rate and
+            diag_reg are used by solver="regression" only).
+
+    Attributes: classes_, n_features_in_, X_fit_, and dual_coef_ (N, K) for "regression" or svc_ for "svm".
+    """
+
+    def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
+                 learning_rate=1.0, diag_reg=1e-4, solver="regression", C=1.0):
+        self.hidden_layers = hidden_layers
+        self.activation = activation
+        self.w_std = w_std
+        self.b_std = b_std
+        self.kernel = kernel
+        self.t = t
+        self.learning_rate = learning_rate
+        self.diag_reg = diag_reg
+        self.solver = solver
+        self.C = C
+
+    def fit(self, X, y):
+        """Fit to X (N, d) and class labels y (N,) of at least two classes."""
+        self._check_params()
+        if self.solver not in SOLVERS:
+            raise ValueError(f"NTKClassifier: solver must be one of {SOLVERS}; got {self.solver!r}")
+        _check_positive(self.C, "C", "NTKClassifier")
+        x, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"NTKClassifier needs samples of at least 2 classes; got 1 class ({self.classes_[0]!r})")
+        self.X_fit_ = x
+        if self.solver == "svm":
+            self.svc_ = SVC(kernel="precomputed", C=float(self.C)).fit(self._kernel(x).numpy(), codes)
+        else:
+            n_classes = len(self.classes_)
+            targets = np.eye(n_classes)[codes] - 1.0 / n_classes
+            self.dual_coef_ = self._fit_dual_coef(x, targets)
+        return self
+
+    def _scores(self, X) -> np.ndarray:
+        """(M, K) class scores: network outputs f_t(x*) (regression) or SVC's one-vs-rest decision values."""
+        if self.solver == "svm" and hasattr(self, "svc_"):
+            x = validate_data(self, X, reset=False, dtype=np.float64)
+            decision = self.svc_.decision_function(self._kernel(x, self.X_fit_).numpy())
+            return np.stack([-decision / 2, decision / 2], axis=1) if decision.ndim == 1 else decision
+        check_is_fitted(self, "dual_coef_")
+        return self._outputs(X)
+
+    def decision_function(self, X):
+        """Scores: (M,) score of classes_[1] minus that of classes_[0] for two classes, else (M, K)."""
+        scores = self._scores(X)
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
+
+    def predict(self, X):
+        """The class of the largest score."""
+        scores = self._scores(X)
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def predict_proba(self, X):
+        """softmax(scores): sums to one, argmax = predict; uncalibrated (see the class docstring)."""
+        scores = self._scores(X)
+        scores = scores - scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        return weights / weights.sum(axis=1, keepdims=True)
