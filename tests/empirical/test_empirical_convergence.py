@@ -63,3 +63,24 @@ def test_bad_arguments():
         width_convergence("mlp", x, widths=[8])
     with pytest.raises(ValueError, match="no Dense layer"):
         width_convergence(nk.ReLU(), x, widths=[8])
+    with pytest.raises(TypeError, match="widths must be a sequence of integers; got 8"):
+        width_convergence(nk.mlp(1, 4), x, widths=8)
+    with pytest.raises(ValueError, match="seeds must hold at least one value"):
+        width_convergence(nk.mlp(1, 4), x, widths=[8], seeds=[])
+    with pytest.raises(TypeError, match="seeds must be integers; got 1.5"):  # not silently seed 1
+        width_convergence(nk.mlp(1, 4), x, widths=[8], seeds=[1.5])
+    with pytest.raises(ValueError, match="method must be one of"):
+        width_convergence(nk.mlp(1, 4), x, widths=[8], method="exact")
+
+
+def test_undefined_relative_errors_and_slopes_are_refused():
+    """x = 0 with b_std = 0 makes the limit zero (a relative error would be NaN); a slope needs two widths."""
+    arch = nk.mlp(1, 4, b_std=0.0)
+    with pytest.raises(ValueError, match="infinite-width NTK is zero on x"):
+        width_convergence(arch, torch.zeros(3, 2, dtype=torch.float64), widths=[8])
+    one_width = width_convergence(arch, _sphere_inputs(3, 2), widths=[8], seeds=[0, 1])
+    with pytest.raises(ValueError, match="at least two different widths"):
+        one_width.slope()
+    exact = WidthConvergence((8, 16), (0,), torch.tensor([[0.1], [0.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="positive errors"):
+        exact.slope()

@@ -22,9 +22,12 @@ __all__ = ["assemble", "swap_block", "tqdm_disable"]
 _PROGRESS_MIN_BLOCKS = 16
 
 
-def tqdm_disable(progress: bool | None, show: bool):
-    """tqdm's ``disable``: shown when asked (progress=True), hidden when refused, else on a terminal if ``show``."""
-    return False if progress is True else (None if show else True)
+def tqdm_disable(progress: bool | None, many: bool):
+    """tqdm's ``disable``: shown when asked (progress=True, also off a terminal), hidden when refused
+    (progress=False); with progress=None, shown on a terminal when there are ``many`` steps."""
+    if progress is None:
+        return None if many else True
+    return not progress
 
 
 def swap_block(block: torch.Tensor, mode: str) -> torch.Tensor:
@@ -67,8 +70,8 @@ def assemble(n1: int, n2: int, symmetric: bool, chunk: int, block: int, cache: b
     store = _FeatureStore(features, slice_features, chunk, cache, (n1, n1 if symmetric else n2))
     col_side = 1 if symmetric else 2
     pairs = [(i, j) for i in range(0, n1, block) for j in range(0, n2, block) if not symmetric or j >= i]
-    show = progress if progress is not None else len(pairs) >= _PROGRESS_MIN_BLOCKS
-    for i, j in tqdm(pairs, desc=desc, disable=tqdm_disable(progress, show), leave=False):
+    many = len(pairs) >= _PROGRESS_MIN_BLOCKS
+    for i, j in tqdm(pairs, desc=desc, disable=tqdm_disable(progress, many), leave=False):
         rows, cols = slice(i, min(i + block, n1)), slice(j, min(j + block, n2))
         row_features = store.get(1, rows.start, rows.stop)
         col_features = row_features if symmetric and i == j else store.get(col_side, cols.start, cols.stop)

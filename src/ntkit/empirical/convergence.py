@@ -13,6 +13,8 @@ the fluctuations), so log err against log n has slope -1/2; ``WidthConvergence.s
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -24,6 +26,7 @@ from ..layers.base import Layer, Serial
 from ..layers.dense import Dense
 from .api import empirical_ntk
 from .blocks import tqdm_disable
+from .checks import check_method
 
 
 __all__ = ["width_convergence", "WidthConvergence", "with_width"]
@@ -44,6 +47,11 @@ class WidthConvergence:
     def slope(self) -> tuple[float, float, float]:
         """Least-squares fit log err = slope · log n + intercept over every (width, seed); returns
         (slope, intercept, standard error of the slope from the residuals)."""
+        if len(set(self.widths)) < 2:
+            raise ValueError(f"a slope needs at least two different widths; got widths={self.widths}")
+        if not bool((self.errors > 0).all()):
+            raise ValueError("a log-log slope needs positive errors; some errors are zero (the empirical NTK equals "
+                             "the limit exactly)")
         log_n = torch.log(torch.tensor(self.widths, dtype=torch.float64)).repeat_interleave(len(self.seeds))
         log_err = torch.log(self.errors.reshape(-1))
         design = torch.stack([log_n, torch.ones_like(log_n)], 1)
@@ -88,10 +96,9 @@ def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: S
         ``WidthConvergence`` with ``errors`` (len(widths), len(seeds)) and ``slope()`` (≈ -1/2 expected).
     """
     x = as_input_tensor(x, "x", ndim=2)
-    widths = tuple(check_positive_int(w, "widths[i]") for w in widths)
-    seeds = tuple(int(s) for s in seeds)
-    if not widths or not seeds:
-        raise ValueError("widths and seeds must each hold at least one value")
+    widths = tuple(check_positive_int(w, "widths[i]") for w in _as_sequence(widths, "widths"))
+    seeds = tuple(_check_seed(s) for s in _as_sequence(seeds, "seeds"))
+    method = check_method(method)
     if callable(architecture) and not isinstance(architecture, Layer):
         factory = architecture
     elif isinstance(architecture, Layer):
@@ -101,19 +108,37 @@ def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: S
         raise TypeError(f"architecture must be an ntkit Layer/Serial or a function width -> architecture; got "
                         f"{type(architecture).__name__}")
     errors = torch.empty(len(widths), len(seeds), dtype=torch.float64)
-    pairs = [(i, j) for i in range(len(widths)) for j in range(len(seeds))]
-    show = progress if progress is not None else len(pairs) > 16
-    limit_cache: dict[int, torch.Tensor] = {}
-    for i, j in tqdm(pairs, desc="width convergence", disable=tqdm_disable(progress, show), leave=False):
-        arch = factory(widths[i])
-        if not isinstance(arch, Layer):
-            raise TypeError(f"the architecture function returned {type(arch).__name__}, not an ntkit layer")
-        if i not in limit_cache:
-            limit_cache[i] = arch.kernel(x, get="ntk").ntk
-        limit = limit_cache[i]
-        net = arch.build(in_features=x.shape[1], seed=seeds[j], dtype=x.dtype, device=x.device)
-        with torch.no_grad():
-            outputs = net(x[:1]).reshape(-1).numel()
-        estimate = empirical_ntk(net, x, output="trace", method=method) / outputs
-        errors[i, j] = float(torch.linalg.norm(estimate - limit) / torch.linalg.norm(limit))
+    total = len(widths) * len(seeds)
+    with tqdm(total=total, desc="width convergence", disable=tqdm_disable(progress, total > 16), leave=False) as bar:
+        for i, width in enumerate(widths):
+            arch = factory(width)
+            if not isinstance(arch, Layer):
+                raise TypeError(f"the architecture function returned {type(arch).__name__}, not an ntkit layer")
+            limit = arch.kernel(x, get="ntk").ntk
+            limit_norm = float(torch.linalg.norm(limit))
+            if not limit_norm > 0:
+                raise ValueError("the infinite-width NTK is zero on x (e.g. x = 0 with b_std = 0), so a relative "
+                                 "error is undefined; use other inputs")
+            for j, seed in enumerate(seeds):
+                net = arch.build(in_features=x.shape[1], seed=seed, dtype=x.dtype, device=x.device)
+                with torch.no_grad():
+                    outputs = net(x[:1]).numel()
+                estimate = empirical_ntk(net, x, output="trace", method=method) / outputs
+                errors[i, j] = float(torch.linalg.norm(estimate - limit)) / limit_norm
+                bar.update()
     return WidthConvergence(widths, seeds, errors)
+
+
+def _as_sequence(values, name: str) -> tuple:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of integers; got {values!r}")
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must hold at least one value")
+    return values
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seeds must be integers; got {seed!r}")
+    return int(seed)
