@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import ntkit.empirical.api as api_module
+import ntkit.empirical.methods as methods_module
 from ntkit._memory import available_bytes
 from ntkit.empirical import empirical_ntk
 from ntkit.empirical.memory import DEFAULT_FRACTION, Cost, memory_budget, plan_chunks
@@ -31,16 +32,16 @@ class FreeWeights(nn.Module):
 
 
 def _plans(monkeypatch):
-    """Record the plans the API makes."""
+    """Record the plans the methods make."""
     seen = []
-    original = api_module.plan_chunks
+    original = methods_module.plan_chunks
 
     def recording(*args, **kwargs):
         plan = original(*args, **kwargs)
         seen.append(plan)
         return plan
 
-    monkeypatch.setattr(api_module, "plan_chunks", recording)
+    monkeypatch.setattr(methods_module, "plan_chunks", recording)
     return seen
 
 

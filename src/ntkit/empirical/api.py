@@ -3,15 +3,16 @@ r"""``nk.empirical_ntk`` and ``nk.empirical_nngp``: finite-width kernels of any 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
-from .._memory import format_bytes
 from .blocks import assemble
 from .checks import (check_batch_size, check_max_memory, check_method, check_model, check_output,
                      check_result_finite, compute_dtype, model_inputs)
-from .memory import ChunkPlan, Cost, memory_budget, plan_chunks
-from .methods import JacobianMethod, LayerwiseMethod, VectorProductMethod, slice_features
+from .features import slice_features
+from .memory import Cost, memory_budget, plan_chunks
+from .methods import JacobianMethod, LayerwiseMethod, VectorProductMethod
 from .model_function import ModelFunction
 from .probe import probe_model
 
@@ -45,28 +46,6 @@ def _prepare(model, x1, x2):
         x2 = x2.clone()
     fn = ModelFunction(model, compute_dtype(model, x1), x1.device)
     return fn, x1, x2
-
-
-def _plan_vector_products(method: VectorProductMethod, n1, n2, symmetric, output_bytes, budget, batch_size,
-                          what) -> ChunkPlan:
-    """Chunks with all of a block's columns vmapped at once; if even one sample does not fit, fewer columns."""
-    try:
-        return plan_chunks(method.cost(), n1, n2, symmetric, output_bytes, budget, batch_size, what)
-    except MemoryError:
-        if batch_size not in (None, 1):
-            raise
-    room = budget - output_bytes - method.fn.parameter_bytes() - method.structure.activation_bytes
-    columns = room // method.column_bytes(1) if room > 0 else 0
-    if columns < 1:
-        # the parameters, the vjp's forward of one sample, and one column (a parameter-sized cotangent and the
-        # jvp's forward of one sample)
-        need = output_bytes + method.fn.parameter_bytes() + method.structure.activation_bytes
-        need += method.column_bytes(1)
-        raise MemoryError(f"{what} needs about {format_bytes(need)} even one sample and one column at a time (the "
-                          f"result alone is {format_bytes(output_bytes)}), but the budget is {format_bytes(budget)}. "
-                          "Pass a larger max_memory if more is free, use fewer points, or a smaller model.")
-    method.basis_batch = int(columns)
-    return ChunkPlan(1, False, budget - room + columns * method.column_bytes(1))
 
 
 def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "auto", batch_size: int | None = None,
@@ -116,7 +95,7 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
         if not fn.params:  # nothing trainable: the kernel is zero
             return torch.zeros(shape, dtype=fn.dtype, device=fn.device)
         budget = memory_budget(max_memory, fn.device)
-        output_bytes = torch.Size(shape).numel() * torch.empty((), dtype=fn.dtype).element_size()
+        output_bytes = math.prod(shape) * fn.dtype.itemsize
         chosen, plan = _choose_method(fn, structure, output, method, n1, n2, symmetric, output_bytes, budget,
                                       batch_size)
         sides = (x1, x1 if symmetric else x2)
@@ -128,6 +107,7 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
             block = min(chunk, -(-n1 // 4))
             chunk -= chunk % block
         result = torch.empty(shape, dtype=fn.dtype, device=fn.device)
+
         def features(side, rows):
             return chosen.features(sides[side - 1][rows])
 
@@ -137,26 +117,23 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
 
 
 def _choose_method(fn, structure, output, method, n1, n2, symmetric, output_bytes, budget, batch_size):
-    what = f"the empirical NTK ({n1}x{n2}, output={output!r}, method={{}})"
+    """The method object and its chunk plan; "auto" takes vector products when the Jacobian path cannot fit."""
+    def planned(method_class, *sizes):
+        chosen = method_class(fn, structure, output, *sizes)
+        what = f"the empirical NTK ({n1}x{n2}, output={output!r}, method={chosen.name!r})"
+        return chosen, chosen.plan(n1, n2, symmetric, output_bytes, budget, batch_size, what)
+
     if method == "auto":
-        method = "layerwise" if structure.fast_layers else "jacobian"
-        if method == "jacobian":
-            candidate = JacobianMethod(fn, structure, output)
+        if structure.fast_layers:
+            method = "layerwise"
+        else:
             try:
-                return candidate, plan_chunks(candidate.cost(), n1, n2, symmetric, output_bytes, budget, batch_size,
-                                              what.format("'jacobian'"))
+                return planned(JacobianMethod)
             except MemoryError:
                 method = "vector_products"
     if method == "layerwise":
-        chosen = LayerwiseMethod(fn, structure, output, n1, n2)
-    elif method == "jacobian":
-        chosen = JacobianMethod(fn, structure, output)
-    else:
-        chosen = VectorProductMethod(fn, structure, output)
-        return chosen, _plan_vector_products(chosen, n1, n2, symmetric, output_bytes, budget, batch_size,
-                                             what.format(repr(method)))
-    return chosen, plan_chunks(chosen.cost(), n1, n2, symmetric, output_bytes, budget, batch_size,
-                               what.format(repr(method)), getattr(chosen, "working_set", None))
+        return planned(LayerwiseMethod, n1, n2)
+    return planned(JacobianMethod if method == "jacobian" else VectorProductMethod)
 
 
 def empirical_nngp(model, x1, x2=None, *, output: str = "full", batch_size: int | None = None,
@@ -181,10 +158,9 @@ def empirical_nngp(model, x1, x2=None, *, output: str = "full", batch_size: int 
         structure = probe_model(fn, x1, fast=False)
         n1, n2, outputs = x1.shape[0], (x1 if x2 is None else x2).shape[0], structure.outputs
         shape = _result_shape(n1, n2, outputs, output)
-        itemsize = torch.empty((), dtype=fn.dtype).element_size()
-        output_bytes = torch.Size(shape).numel() * itemsize
+        output_bytes = math.prod(shape) * fn.dtype.itemsize
         budget = memory_budget(max_memory, fn.device)
-        per_sample = structure.activation_bytes + 2 * outputs * itemsize
+        per_sample = structure.activation_bytes + 2 * outputs * fn.dtype.itemsize
         plan = plan_chunks(Cost(per_sample, 0, 0, 0), n1, n2, x2 is None, output_bytes, budget, batch_size,
                            f"the empirical NNGP ({n1}x{n2}, output={output!r})")
 

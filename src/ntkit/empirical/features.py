@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["GradFeature", "GramProduct", "PositionGram", "IndexGram", "new_block", "add_share", "finish_block",
-           "output_products", "feature_bytes"]
+           "output_products", "slice_features", "feature_bytes"]
 
 
 @dataclass
@@ -149,6 +149,14 @@ def add_share(block: torch.Tensor, f1, f2, mode: str) -> None:
         _add_index_gram(block, f1, f2, mode)
     else:  # pragma: no cover - internal contract
         raise TypeError(f"unknown feature {type(f1).__name__}")
+
+
+def slice_features(feats, rows: slice):
+    """A sub-range of a chunk's samples: every tensor of every feature sliced on its sample axis (for vector
+    products the 'features' are the inputs themselves, one tensor)."""
+    if isinstance(feats, torch.Tensor):
+        return feats[rows]
+    return [type(f)(*(t[rows] for t in vars(f).values())) for f in feats]
 
 
 def feature_bytes(feature) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from .._memory import available_bytes, format_bytes
 
-__all__ = ["Cost", "ChunkPlan", "memory_budget", "plan_chunks", "DEFAULT_FRACTION"]
+__all__ = ["Cost", "ChunkPlan", "memory_budget", "chunk_bytes", "plan_chunks", "DEFAULT_FRACTION"]
 
 DEFAULT_FRACTION = 0.5  # of free memory: leaves room for the caller's own tensors and the allocator's slack
 
@@ -47,15 +47,20 @@ def memory_budget(max_memory: int | None, device: torch.device) -> int:
     return max_memory if max_memory is not None else int(DEFAULT_FRACTION * available_bytes(device))
 
 
+def chunk_bytes(cost: Cost, c: int) -> int:
+    """Working memory of a chunk of c samples: c·(per_sample + 2·feature) + c²·per_pair."""
+    return c * (cost.per_sample + 2 * cost.feature) + c * c * cost.per_pair
+
+
 def _largest_chunk(cost: Cost, room: int, limit: int) -> int:
-    """Largest c <= limit with c·(per_sample + 2·feature) + c²·per_pair <= room (0 if even c = 1 does not fit)."""
+    """Largest c <= limit with chunk_bytes(c) <= room (0 if even c = 1 does not fit)."""
     linear = cost.per_sample + 2 * cost.feature
-    if room < linear + cost.per_pair:
+    if room < chunk_bytes(cost, 1):
         return 0
     if cost.per_pair == 0:
         return min(limit, room // max(linear, 1))
     c = int((-linear + math.sqrt(linear * linear + 4.0 * cost.per_pair * room)) / (2 * cost.per_pair))
-    while c > 1 and c * linear + c * c * cost.per_pair > room:  # float rounding
+    while c > 1 and chunk_bytes(cost, c) > room:  # float rounding
         c -= 1
     return max(1, min(limit, c))
 
@@ -64,8 +69,9 @@ def plan_chunks(cost: Cost, n1: int, n2: int, symmetric: bool, output_bytes: int
                 batch_size: int | None, what: str, working_set: int | None = None) -> ChunkPlan:
     """Chunk size and caching for an (n1, n2) result; raises MemoryError with the estimate when it cannot fit."""
     limit = max(n1, n2)
-    room = budget - output_bytes - cost.fixed
-    at_one = output_bytes + cost.fixed + cost.per_sample + 2 * cost.feature + cost.per_pair
+    base = output_bytes + cost.fixed  # held whatever the chunk
+    room = budget - base
+    at_one = base + chunk_bytes(cost, 1)
     hint = ("Pass a larger max_memory if more is free, use output='trace' or 'diagonal' (smaller results), "
             "fewer points, or method='vector_products' (no stored Jacobians).")
     if room <= 0 or at_one > budget:
@@ -74,13 +80,13 @@ def plan_chunks(cost: Cost, n1: int, n2: int, symmetric: bool, output_bytes: int
     cache_bytes = (n1 if symmetric else n1 + n2) * cost.feature
     if batch_size is not None:
         c = min(batch_size, limit)
-        need = c * (cost.per_sample + 2 * cost.feature) + c * c * cost.per_pair
+        need = chunk_bytes(cost, c)
         if need > room:
-            raise MemoryError(f"{what} with batch_size={batch_size} needs about {format_bytes(need + budget - room)} "
+            raise MemoryError(f"{what} with batch_size={batch_size} needs about {format_bytes(base + need)} "
                               f"but the budget is {format_bytes(budget)}; use a smaller batch_size or leave it to "
                               "the planner (batch_size=None).")
         cache = need + cache_bytes <= room
-        return ChunkPlan(c, cache, budget - room + need + (cache_bytes if cache else 0))
+        return ChunkPlan(c, cache, base + need + (cache_bytes if cache else 0))
     if working_set is not None:
         # Chunks whose transient tensors stay within ``working_set`` run faster (measured on the conv nets of
         # benchmarks/empirical_ntk.py: 64 samples at ~5 MB each were 1.4x slower than 16); never below 8.
@@ -88,8 +94,6 @@ def plan_chunks(cost: Cost, n1: int, n2: int, symmetric: bool, output_bytes: int
     if cache_bytes <= room // 2:
         c = _largest_chunk(cost, room - cache_bytes, limit)
         if c >= 1:
-            need = c * (cost.per_sample + 2 * cost.feature) + c * c * cost.per_pair
-            return ChunkPlan(c, True, budget - room + need + cache_bytes)
+            return ChunkPlan(c, True, base + chunk_bytes(cost, c) + cache_bytes)
     c = _largest_chunk(cost, room, limit)
-    need = c * (cost.per_sample + 2 * cost.feature) + c * c * cost.per_pair
-    return ChunkPlan(c, False, budget - room + need)
+    return ChunkPlan(c, False, base + chunk_bytes(cost, c))

@@ -12,32 +12,21 @@ import math
 
 import torch
 
+from .._memory import format_bytes
 from .capture import capture_layers
 from .features import add_share, finish_block, new_block
 from .jacobian import jacobian_features
 from .layerwise import LinearRule, choose_form
-from .memory import Cost
+from .memory import ChunkPlan, Cost, plan_chunks
 from .model_function import ModelFunction
 from .probe import ModelStructure
 from .vector_products import vector_product_block
 
-__all__ = ["LayerwiseMethod", "JacobianMethod", "VectorProductMethod", "reduce_full", "slice_features"]
-
-
-def _itemsize(dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+__all__ = ["LayerwiseMethod", "JacobianMethod", "VectorProductMethod", "reduce_full"]
 
 
 def _outputs_per_pair(outputs: int, mode: str) -> int:
     return outputs * outputs if mode == "full" else (1 if mode == "trace" else outputs)
-
-
-def slice_features(feats, rows: slice):
-    """Features of a sub-range of a chunk's samples: every tensor of every feature sliced on its sample axis
-    (the inputs themselves for vector products)."""
-    if isinstance(feats, torch.Tensor):
-        return feats[rows]
-    return [type(f)(*(t[rows] for t in vars(f).values())) for f in feats]
 
 
 def reduce_full(full: torch.Tensor, mode: str) -> torch.Tensor:
@@ -48,13 +37,30 @@ def reduce_full(full: torch.Tensor, mode: str) -> torch.Tensor:
     return diagonal.sum(-1) if mode == "trace" else diagonal
 
 
-class _ContractingMethod:
-    """Shared contraction: the sum of every feature pair's share, accumulated in one block."""
+class _Method:
+    """What every method holds, and its chunk plan from its memory ``cost()`` (``memory.py``)."""
+
+    name = ""
+    working_set: int | None = None  # bytes of transient tensors per chunk that the planner aims for
 
     def __init__(self, fn: ModelFunction, structure: ModelStructure, mode: str):
         self.fn, self.structure, self.mode = fn, structure, mode
         self.outputs = structure.outputs
-        self.itemsize = _itemsize(fn.dtype)
+        self.itemsize = fn.dtype.itemsize
+
+    def cost(self) -> Cost:
+        raise NotImplementedError
+
+    def plan(self, n1: int, n2: int, symmetric: bool, output_bytes: int, budget: int, batch_size: int | None,
+             what: str) -> ChunkPlan:
+        return plan_chunks(self.cost(), n1, n2, symmetric, output_bytes, budget, batch_size, what, self.working_set)
+
+
+class _ContractingMethod(_Method):
+    """Shared contraction: the sum of every feature pair's share, accumulated in one block."""
+
+    def __init__(self, fn: ModelFunction, structure: ModelStructure, mode: str):
+        super().__init__(fn, structure, mode)
         self.out_m = _outputs_per_pair(self.outputs, mode)
 
     def contract(self, feats1, feats2) -> torch.Tensor:
@@ -86,7 +92,7 @@ class LayerwiseMethod(_ContractingMethod):
     """Fast-path layers by structured features (``layerwise.py``), other parameters by per-sample Jacobians."""
 
     name = "layerwise"
-    working_set = 128 * 2 ** 20  # bytes of transient tensors per chunk that the planner aims for
+    working_set = 128 * 2 ** 20
 
     def __init__(self, fn, structure, mode, n1: int, n2: int):
         super().__init__(fn, structure, mode)
@@ -162,15 +168,13 @@ class JacobianMethod(_ContractingMethod):
         return Cost(per_sample=transient, feature=feature, per_pair=block, fixed=self.fn.parameter_bytes())
 
 
-class VectorProductMethod:
+class VectorProductMethod(_Method):
     """Blocks from vjp/jvp pairs; the 'features' of a chunk are its inputs."""
 
     name = "vector_products"
 
     def __init__(self, fn: ModelFunction, structure: ModelStructure, mode: str):
-        self.fn, self.structure, self.mode = fn, structure, mode
-        self.outputs = structure.outputs
-        self.itemsize = _itemsize(fn.dtype)
+        super().__init__(fn, structure, mode)
         self.basis_batch: int | None = None  # None: all n2·O columns of a block at once
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,3 +195,23 @@ class VectorProductMethod:
         return Cost(per_sample=self.structure.activation_bytes + o * self.fn.parameter_bytes(),
                     feature=0, per_pair=o * self.structure.activation_bytes + full_block,
                     fixed=self.fn.parameter_bytes())
+
+    def plan(self, n1, n2, symmetric, output_bytes, budget, batch_size, what) -> ChunkPlan:
+        """Chunks with all of a block's columns vmapped at once; if even one sample does not fit that way (and no
+        batch_size above 1 was asked for), one sample a chunk with as many columns at a time as fit."""
+        try:
+            return super().plan(n1, n2, symmetric, output_bytes, budget, batch_size, what)
+        except MemoryError:
+            if batch_size not in (None, 1):
+                raise
+        # held throughout: the result, the parameters, the vjp's forward of one sample
+        held = output_bytes + self.fn.parameter_bytes() + self.structure.activation_bytes
+        columns = max(budget - held, 0) // self.column_bytes(1)
+        if columns < 1:
+            need = held + self.column_bytes(1)  # one column: a parameter-sized cotangent, the jvp's forward
+            raise MemoryError(f"{what} needs about {format_bytes(need)} even one sample and one column at a time "
+                              f"(the result alone is {format_bytes(output_bytes)}), but the budget is "
+                              f"{format_bytes(budget)}. Pass a larger max_memory if more is free, use fewer points, "
+                              "or a smaller model.")
+        self.basis_batch = int(columns)
+        return ChunkPlan(1, False, held + columns * self.column_bytes(1))

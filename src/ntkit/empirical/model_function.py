@@ -60,8 +60,4 @@ class ModelFunction:
         return out.reshape(n, math.prod(out.shape[1:]))
 
     def parameter_bytes(self) -> int:
-        return self.num_params * _itemsize(self.dtype)
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+        return self.num_params * self.dtype.itemsize
