@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._memory import check_fits
 from ._validation import as_input_tensor, check_positive_int
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "project",
     "explained_fraction",
     "as_symmetric_kernel",
+    "decompose",
 ]
 
 
@@ -84,17 +86,28 @@ class Eigendecomposition:
         return (self.vectors * self.values) @ self.vectors.T
 
 
+def decompose(k: torch.Tensor, *, shift: float = 0.0, hint: str = "Use fewer points.") -> Eigendecomposition:
+    """K + shift·I = V diag(λ + shift) Vᵀ in float64, λ descending, for a kernel already checked symmetric.
+
+    Refused with an estimate when it cannot fit: the float64 copy, the eigenvectors and LAPACK's workspace are
+    about four N x N float64 matrices at once. A shift of the diagonal moves every eigenvalue by the same amount
+    and leaves the eigenvectors alone, so it is added to λ rather than to a second N x N copy.
+    """
+    n = k.shape[0]
+    check_fits(4 * 8 * n * n, k.device, f"the eigendecomposition of a {n}x{n} kernel", hint)
+    values, vectors = torch.linalg.eigh(k.to(torch.float64))
+    return Eigendecomposition(values.flip(0) + shift, vectors.flip(1), k.dtype)
+
+
 def eigh(kernel, *, name: str = "kernel") -> Eigendecomposition:
     """Eigendecomposition K = V diag(λ) Vᵀ of a symmetric kernel matrix, in float64, λ in descending order.
 
     The kernel is checked (finite, square, symmetric; see ``as_symmetric_kernel``), symmetrised, cast to float64
-    and decomposed with ``torch.linalg.eigh`` on its own device.
+    and decomposed with ``torch.linalg.eigh`` on its own device (refused with an estimate if it cannot fit).
     """
     if isinstance(kernel, Eigendecomposition):
         return kernel
-    k = as_symmetric_kernel(kernel, name)
-    values, vectors = torch.linalg.eigh(k.to(torch.float64))
-    return Eigendecomposition(values.flip(0), vectors.flip(1), k.dtype)
+    return decompose(as_symmetric_kernel(kernel, name))
 
 
 @dataclass(frozen=True)

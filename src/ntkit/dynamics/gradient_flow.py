@@ -22,7 +22,7 @@ import torch
 
 from .._memory import check_fits
 from .._validation import check_nonnegative_float
-from ..spectrum import Eigendecomposition, as_symmetric_kernel
+from ..spectrum import as_symmetric_kernel, decompose
 from ._checks import (as_cross_kernel, as_outputs, as_targets, as_times, check_learning_rate, finite_or_raise,
                       output_dtype)
 
@@ -64,15 +64,10 @@ class GradientFlow:
         self.diag_reg = check_nonnegative_float(diag_reg, "diag_reg")
         self._dtype = output_dtype(kernel, y)
         self._device = kernel.device
-        # float64 copy, eigenvectors and LAPACK workspace: about four N x N float64 matrices at once
-        check_fits(4 * 8 * n * n, self._device, f"GradientFlow's eigendecomposition of a {n}x{n} kernel",
-                   "Use fewer training points (or a random-features / low-rank approximation of the kernel).")
-        k64 = kernel.to(torch.float64)
-        self.regularization = self.diag_reg * float(torch.diagonal(k64).mean())
-        if self.regularization:
-            k64 = k64 + self.regularization * torch.eye(n, dtype=torch.float64, device=self._device)
-        values, vectors = torch.linalg.eigh(k64)
-        self.eig = Eigendecomposition(values.flip(0), vectors.flip(1), kernel.dtype)
+        self.regularization = self.diag_reg * float(torch.diagonal(kernel).double().mean())
+        # Θ + rI has Θ's eigenvectors and eigenvalues λ + r.
+        self.eig = decompose(kernel, shift=self.regularization, hint="Use fewer training points (or a "
+                             "random-features / low-rank approximation of the kernel).")
         self._y = y.to(torch.float64)
         self._initial_residual = self.eig.vectors.T @ (-self._y)  # Vᵀ(f_0 − y) for the default f_0 = 0
 
@@ -113,7 +108,7 @@ class GradientFlow:
     def decay_factors(self, t) -> torch.Tensor:
         """e^{−ηλ_i t/N} for each eigencomponent: (N,) for one time, (T, N) for T times (float64)."""
         times, scalar = self._times(t)
-        decay = self._decay(times)
+        decay = finite_or_raise(self._decay(times), "decay factors", self._overflow_hint())
         return decay[0] if scalar else decay
 
     def residual_components(self, t, f0_train=None) -> torch.Tensor:
@@ -125,7 +120,7 @@ class GradientFlow:
         times, scalar = self._times(t)
         c0, _ = self._residual0(f0_train)
         out = self._decay(times)[:, :, None] * c0[None]
-        return self._shape(out, scalar)
+        return self._shape(finite_or_raise(out, "residual components", self._overflow_hint()), scalar)
 
     # ----- outputs --------------------------------------------------------------------------------------------
     def train_outputs(self, t, f0_train=None) -> torch.Tensor:
@@ -146,10 +141,15 @@ class GradientFlow:
         return self._finish(out, scalar, dtype, "train outputs")
 
     def dual_coefficients(self, t, f0_train=None) -> torch.Tensor:
-        """α_t = V diag(φ(t)) Vᵀ (f_0(X) − y), so that f_t(x*) = f_0(x*) − Θ(x*, X) α_t; float64, (T, N, O)."""
+        """α_t = V diag(φ(t)) Vᵀ (f_0(X) − y), so that f_t(x*) = f_0(x*) − Θ(x*, X) α_t.
+
+        Always float64 of shape (T, N, O), with the T axis even for one time and the O axis even for (N,)
+        targets (``ntkit.sklearn`` reads it so).
+        """
         times, _ = self._times(t)
         c0, _ = self._residual0(f0_train)
-        return self._apply_v(self._phi(times).T[:, :, None] * c0[:, None, :])
+        self._check_memory(times.numel(), self.n_train)
+        return finite_or_raise(self._alpha(times, c0), "dual coefficients", self._overflow_hint())
 
     def test_outputs(self, t, ntk_test_train, f0_train=None, f0_test=None) -> torch.Tensor:
         """f_t(x*) = f_0(x*) − Θ(x*, X) V diag((1 − e^{−ηλt/N})/λ) Vᵀ (f_0(X) − y).
@@ -169,7 +169,7 @@ class GradientFlow:
         times, scalar = self._times(t)
         self._check_memory(times.numel(), max(m, self.n_train))
         c0, dtype = self._residual0(f0_train)
-        alpha = self._apply_v(self._phi(times).T[:, :, None] * c0[:, None, :])  # (T, N, O)
+        alpha = self._alpha(times, c0)  # (T, N, O)
         moved = k_test.to(torch.float64) @ alpha.permute(1, 0, 2).reshape(self.n_train, -1)  # one GEMM
         out = -moved.reshape(m, -1, o).permute(1, 0, 2)
         dtype = torch.promote_types(dtype, k_test.dtype)
@@ -234,6 +234,10 @@ class GradientFlow:
             raise ValueError(f"f0_train is on {f0.device} but the training kernel is on {self._device}")
         return self.eig.vectors.T @ (f0.to(torch.float64) - self._y), torch.promote_types(self._dtype, f0.dtype)
 
+    def _alpha(self, times: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+        """(T, N, O) α_t = V diag(φ(t)) c_0 for c_0 = Vᵀ(f_0(X) − y)."""
+        return self._apply_v(self._phi(times).T[:, :, None] * c0[:, None, :])
+
     def _apply_v(self, stacked: torch.Tensor) -> torch.Tensor:
         """V @ Z for Z of shape (N, T, O) as one (N, N) x (N, T·O) product; returns (T, N, O)."""
         n, t_count, o = stacked.shape
@@ -254,7 +258,10 @@ class GradientFlow:
         return self._shape(out, scalar).to(dtype)
 
     def _overflow_hint(self) -> str:
-        return (f"The kernel has eigenvalue {float(self.eig.values[-1]):.3g} < 0, so gradient flow grows the "
+        lam_min = float(self.eig.values[-1])
+        if lam_min >= 0:  # a PSD kernel only shrinks the residual: the overflow came from huge inputs
+            return "The initial outputs, targets or kernel are too large for float64"
+        return (f"The kernel has eigenvalue {lam_min:.3g} < 0, so gradient flow grows the "
                 "residual along it without bound; the kernel should be positive semi-definite (see "
                 "nk.spectrum.check_positive_definite), or use diag_reg > 0 or a smaller t")
 
