@@ -61,7 +61,7 @@ def _cotangents(f: torch.Tensor, deltas: list[torch.Tensor]) -> list[torch.Tenso
 
 
 def capture_layers(fn: ModelFunction, layers: list[FastLayer], x: torch.Tensor):
-    """Run ``fn`` on the batch ``x``; return (f (n, O), [(inputs, cotangents) per layer]), each a list per call."""
+    """Run ``fn`` on the batch ``x``; return [(inputs, cotangents) per layer], each a list per call."""
     for clone_inputs in (False, True):
         records, hook = _record(layers, clone_inputs)
         handles = [layer.module.register_forward_hook(hook) for layer in layers]
@@ -89,4 +89,4 @@ def capture_layers(fn: ModelFunction, layers: list[FastLayer], x: torch.Tensor):
         calls = len(inputs)
         out.append((inputs, cots[k:k + calls]))
         k += calls
-    return f.detach(), out
+    return out

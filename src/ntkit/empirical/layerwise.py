@@ -62,18 +62,10 @@ def choose_form(dims: LayerDims, n1: int, n2: int, outputs: int, mode: str, dens
     return "grad" if grad_cost < gram_cost else "gram"
 
 
-def _positions(t: torch.Tensor, trailing: int) -> torch.Tensor:
-    """(n, *lead, *trailing) -> (n, L, prod(trailing)) with L = prod(lead)."""
-    n = t.shape[0]
-    tail = math.prod(t.shape[t.ndim - trailing:]) if trailing else 1
-    return t.reshape(n, -1, tail)
-
-
 def _cotangent_positions(g: torch.Tensor, trailing: int) -> torch.Tensor:
-    """(n, O, *lead, *trailing) -> (n, O, L, prod(trailing))."""
+    """(n, O, *lead, *trailing) -> (n, O, L, prod(trailing)) with L = prod(lead)."""
     n, outputs = g.shape[:2]
-    tail = math.prod(g.shape[g.ndim - trailing:]) if trailing else 1
-    return g.reshape(n, outputs, -1, tail)
+    return g.reshape(n, outputs, -1, math.prod(g.shape[g.ndim - trailing:]))
 
 
 def _augment(patches: torch.Tensor, weight_scale: float | None, bias_scale: float | None) -> torch.Tensor:
@@ -131,6 +123,10 @@ class LayerRule:
     def dense_patch(self, module) -> int | None:
         return None
 
+    def scales(self, module, roles) -> tuple[float | None, float | None]:
+        """(weight scale, bias scale) of z = s·W a + s_b·b; None for a part whose parameter is not trainable."""
+        return (1.0 if "weight" in roles else None), (1.0 if "bias" in roles else None)
+
     def features(self, module, roles, inputs, cotangents, form: str) -> list:
         raise NotImplementedError
 
@@ -138,11 +134,11 @@ class LayerRule:
 class LinearRule(LayerRule):
     module_types = (nn.Linear, DenseModule)
 
-    @staticmethod
-    def scales(module, roles):
-        dense = isinstance(module, DenseModule)
-        weight = (module.weight_scale if dense else 1.0) if "weight" in roles else None
-        bias = (module.bias_scale if dense else 1.0) if "bias" in roles else None
+    def scales(self, module, roles):
+        weight, bias = super().scales(module, roles)
+        if isinstance(module, DenseModule):  # ntkit's NTK parameterisation: z = (w_std/√n) W a + b_std b
+            weight = None if weight is None else module.weight_scale
+            bias = None if bias is None else module.bias_scale
         return weight, bias
 
     def dims(self, module, in_shapes, out_shapes, roles):
@@ -152,7 +148,7 @@ class LinearRule(LayerRule):
 
     def features(self, module, roles, inputs, cotangents, form):
         weight_scale, bias_scale = self.scales(module, roles)
-        patches = [_positions(a, 1) for a in inputs]  # (n, L, K) per call
+        patches = [a.reshape(a.shape[0], -1, a.shape[-1]) for a in inputs]  # (n, L, K) per call
         cots = [_cotangent_positions(g, 1) for g in cotangents]  # (n, O, L, C) per call
         if len(patches) == 1 and patches[0].shape[1] == 1:  # applied once per sample: a Gram product
             return [GramProduct(_augment(patches[0][:, 0], weight_scale, bias_scale), cots[0][:, :, 0])]
@@ -221,9 +217,8 @@ class ConvRule(LayerRule):
         # cotangents (n, O, C_out, *S) -> (n, O, G, C_out/G, L)
         cots = [g.reshape(*g.shape[:2], groups, g.shape[2] // groups, -1) for g in cotangents]
         if form == "gram":
-            weight_scale = 1.0 if "weight" in roles else None
-            bias_scale = 1.0 if "bias" in roles else None
-            patches = _cat([_augment(conv_patches(module, a), weight_scale, bias_scale) for a in inputs], 2)
+            scales = self.scales(module, roles)
+            patches = _cat([_augment(conv_patches(module, a), *scales) for a in inputs], 2)
             return [PositionGram(patches, _cat([g.transpose(3, 4) for g in cots], 3))]
         feats = []
         if "weight" in roles:
@@ -309,7 +304,14 @@ def _channels_last(t: torch.Tensor, first: int) -> torch.Tensor:
     return t.transpose(-1, -2)
 
 
-class GroupNormRule(_AffineNormRule):
+class _ChannelNormRule(_AffineNormRule):
+    """Norms with one parameter per channel, the channels on axis 1 of the input: (n, C, *S)."""
+
+    def cotangent_positions(self, module, g):
+        return _channels_last(g, 2)
+
+
+class GroupNormRule(_ChannelNormRule):
     module_types = (nn.GroupNorm,)
 
     def accepts(self, module):
@@ -318,11 +320,8 @@ class GroupNormRule(_AffineNormRule):
     def normalized(self, module, a):
         return _channels_last(F.group_norm(a, module.num_groups, None, None, module.eps), 1)
 
-    def cotangent_positions(self, module, g):
-        return _channels_last(g, 2)
 
-
-class BatchNormEvalRule(_AffineNormRule):
+class BatchNormEvalRule(_ChannelNormRule):
     """Eval-mode BatchNorm: x̂ = (x − running_mean) / √(running_var + eps) per channel."""
 
     module_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -335,9 +334,6 @@ class BatchNormEvalRule(_AffineNormRule):
         mean = module.running_mean.to(a.dtype).view(shape)
         std = torch.sqrt(module.running_var.to(a.dtype) + module.eps).view(shape)
         return _channels_last((a - mean) / std, 1)
-
-    def cotangent_positions(self, module, g):
-        return _channels_last(g, 2)
 
 
 RULES: tuple[LayerRule, ...] = (LinearRule(), ConvRule(), EmbeddingRule(), LayerNormRule(), GroupNormRule(),

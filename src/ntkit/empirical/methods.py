@@ -106,7 +106,7 @@ class LayerwiseMethod(_ContractingMethod):
     def features(self, x: torch.Tensor) -> list:
         feats = []
         if self.structure.fast_layers:
-            _, captured = capture_layers(self.fn, self.structure.fast_layers, x)
+            captured = capture_layers(self.fn, self.structure.fast_layers, x)
             for layer, (inputs, cotangents) in zip(self.structure.fast_layers, captured):
                 form = self.forms.get(layer.name, (None, "grad"))[1]
                 feats += layer.rule.features(layer.module, layer.roles, inputs, cotangents, form)
