@@ -82,6 +82,31 @@ def test_indefinite_kernel_that_blows_up_is_reported_not_returned_as_inf():
         flow.train_outputs(1e5)
 
 
+def test_no_per_component_quantity_comes_back_infinite():
+    indefinite = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, -1.0], dtype=DTYPE))
+    flow = nk.GradientFlow(indefinite, Y)
+    # e^{t/N} overflows float64 beyond t ≈ 709·N = 4254
+    for method in (flow.decay_factors, flow.residual_components, flow.dual_coefficients, flow.loss):
+        with pytest.raises(FloatingPointError, match="eigenvalue -1 < 0.*positive semi-definite"):
+            method(1e5)
+
+
+def test_overflow_with_a_positive_definite_kernel_blames_the_inputs():
+    flow = nk.GradientFlow(K, Y)
+    huge = torch.full((N, 2), 1e308, dtype=DTYPE)  # finite, but Vᵀ(f_0 − y) overflows
+    with pytest.raises(FloatingPointError, match="too large for float64"):
+        flow.train_outputs(1.0, f0_train=huge)
+
+
+def test_eigendecompositions_that_cannot_fit_are_refused_with_an_estimate(monkeypatch):
+    monkeypatch.setattr("ntkit._memory.available_bytes", lambda device="cpu": 1000)
+    # four 6 x 6 float64 matrices: 4·8·36 = 1152 bytes
+    with pytest.raises(MemoryError, match=r"eigendecomposition of a 6x6 kernel needs about 1\.12 KiB.*fewer points"):
+        nk.spectrum.eigh(K)
+    with pytest.raises(MemoryError, match="eigendecomposition of a 6x6 kernel.*fewer training points"):
+        nk.GradientFlow(K, Y)
+
+
 def test_bad_test_kernel_and_initial_outputs():
     flow = nk.GradientFlow(K, Y)
     with pytest.raises(ValueError, match=r"ntk_test_train must have shape \(M, 6\).*got \(3, 5\)"):
@@ -128,12 +153,22 @@ def test_kernel_descent_bad_targets_and_times():
         nk.kernel_gradient_descent(K, torch.arange(N), "cross_entropy", 1.0, f0_train=torch.zeros(N, 2, dtype=DTYPE))
     with pytest.raises(ValueError, match=r"y_train must have shape \(6,\) or \(6, O\)"):
         nk.kernel_gradient_descent(K, Y[:4], "mse", 1.0)
-    with pytest.raises(ValueError, match="times must be finite here"):
+    with pytest.raises(ValueError, match=r"times must be finite \(the ODE is integrated.*use nk.GradientFlow\)"):
         nk.kernel_gradient_descent(K, Y, "mse", math.inf)
     with pytest.raises(ValueError, match="times must be non-negative"):
         nk.kernel_gradient_descent(K, Y, "mse", [1.0, -1.0])
     with pytest.raises(ValueError, match=r"kernel_test_train must have shape \(M, 6\)"):
         nk.kernel_gradient_descent(K, Y, "mse", 1.0, kernel_test_train=torch.zeros(2, 3, dtype=DTYPE))
+    with pytest.raises(TypeError, match="times must hold real numbers"):
+        nk.kernel_gradient_descent(K, Y, "mse", ["soon"])
+
+
+def test_kernel_descent_checks_the_costs_even_when_nothing_is_integrated():
+    # At t = 0 only, the solver never evaluates the cost's gradient: the reported costs are still checked.
+    with pytest.raises(ValueError, match=r"cost must return the per-point costs c_j as a tensor of shape \(6,\)"):
+        nk.kernel_gradient_descent(K, Y, lambda f, y: 0.5 * ((f - y) ** 2).mean(), 0.0)
+    with pytest.raises(FloatingPointError, match="costs contains 1 non-finite"):
+        nk.kernel_gradient_descent(K, Y, lambda f, y: torch.log(f[:, 0] - 1.0), 0.0)  # log(−1) at f_0 = 0
 
 
 # ----- ensemble_prediction --------------------------------------------------------------------------------------
@@ -172,6 +207,14 @@ def test_train_bad_arguments():
         nk.train(nk.mlp(1, 8), X, Y[:, 0], steps=2, learning_rate=1.0)
     with pytest.raises(ValueError, match=r"y must have shape \(6,\) or \(6, O\) to match the 6 points of x"):
         nk.train(net, X, Y[:4, 0], steps=2, learning_rate=1.0)
+
+
+def test_train_refuses_the_relative_change_of_a_zero_ntk():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)  # every ReLU is off on X: the outputs and all their gradients vanish
+    with pytest.raises(ValueError, match="empirical NTK at initialisation is zero.*pass record_ntk=False"):
+        nk.train(net, X, Y[:, 0], steps=2, learning_rate=1.0, record_ntk=True, progress=False)
 
 
 def test_train_with_a_learning_rate_above_the_stability_bound_raises():

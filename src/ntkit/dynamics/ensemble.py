@@ -25,8 +25,7 @@ from tqdm.auto import tqdm
 
 from .._memory import check_fits
 from .._validation import as_input_tensor, check_pair
-from ..layers.base import Layer
-from ._checks import as_targets, as_times, check_learning_rate, finite_or_raise
+from ._checks import as_targets, as_times, check_architecture, check_learning_rate, finite_or_raise
 from .gradient_flow import GradientFlow
 
 __all__ = ["ensemble_prediction", "EnsemblePrediction"]
@@ -69,8 +68,7 @@ def ensemble_prediction(arch, x_train, y_train, x_test, t, *, learning_rate: flo
         ``EnsemblePrediction(mean, covariance)``: mean (M,) or (M, O), covariance (M, M); a leading T axis for
         T times. Dtype promoted from the inputs; device of the inputs.
     """
-    if not isinstance(arch, Layer):
-        raise TypeError(f"arch must be an ntkit architecture (nk.Serial, nk.mlp(...)); got {type(arch).__name__}")
+    check_architecture(arch)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}")
     x_train = as_input_tensor(x_train, "x_train", ndim=2)

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from .._validation import as_input_tensor
 from ..spectrum import as_symmetric_kernel
-from .._validation import check_finite
-from ._checks import as_cross_kernel, as_outputs, as_times, check_learning_rate, finite_or_raise
+from ._checks import (as_cost_targets, as_cross_kernel, as_outputs, as_times, check_learning_rate,
+                      finite_or_raise)
 
-__all__ = ["kernel_gradient_descent", "KernelDescentResult", "COSTS", "resolve_cost", "mse_cost", "cross_entropy_cost",
-           "logistic_cost"]
+__all__ = ["kernel_gradient_descent", "KernelDescentResult", "COSTS", "resolve_cost", "mse_cost",
+           "cross_entropy_cost", "logistic_cost"]
 
 
 def mse_cost(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -73,38 +74,6 @@ class KernelDescentResult:
     n_evaluations: int
 
 
-def _targets_and_outputs(y_train, n: int, cost_name: str | None, f0_train, name: str = "y_train",
-                         against: str = "the {n}x{n} train-train kernel"):
-    """(y as a float64 (N, O) tensor, number of outputs O, drop-the-O-axis flag), checking y against N."""
-    if not isinstance(y_train, (torch.Tensor, np.ndarray, list, tuple)):
-        raise TypeError(f"{name} must be a tensor or array of targets; got {type(y_train).__name__}")
-    y = y_train if isinstance(y_train, torch.Tensor) else torch.as_tensor(np.asarray(y_train))
-    if y.ndim not in (1, 2) or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) or ({n}, O) to match {against.format(n=n)}; "
-                         f"got {tuple(y.shape)}")
-    f0_columns = None
-    if f0_train is not None:
-        f0 = torch.as_tensor(f0_train)
-        f0_columns = 1 if f0.ndim == 1 else f0.shape[-1]
-    if y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} must hold real numbers or integer class labels; got dtype {y.dtype}")
-    if not y.is_floating_point():
-        if cost_name != "cross_entropy" or y.ndim != 1:
-            raise TypeError(f"integer {name} is only understood as class labels (N,) for cost='cross_entropy'; "
-                            f"got dtype {y.dtype} and shape {tuple(y.shape)}")
-        classes = f0_columns if f0_columns is not None else int(y.max()) + 1
-        if int(y.min()) < 0 or int(y.max()) >= classes:
-            raise ValueError(f"class labels in {name} must lie in [0, {classes}); got [{int(y.min())}, "
-                             f"{int(y.max())}]")
-        return torch.nn.functional.one_hot(y.long(), classes).to(torch.float64), classes, False
-    check_finite(y, name)
-    y2 = y[:, None] if y.ndim == 1 else y
-    if cost_name == "cross_entropy" and y2.shape[1] < 2:
-        raise ValueError(f"cost='cross_entropy' needs O >= 2 logits ({name} as (N, O) probabilities or integer "
-                         "labels); for one logit and binary targets use cost='logistic'")
-    return y2.to(torch.float64), y2.shape[1], y.ndim == 1
-
-
 def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, times, *, kernel_test_train=None,
                             f0_train=None, f0_test=None, learning_rate: float = 1.0, method: str = "DOP853",
                             rtol: float = 1e-10, atol: float = 1e-12) -> KernelDescentResult:
@@ -135,17 +104,19 @@ def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, t
     kernel = as_symmetric_kernel(kernel_train_train, "kernel_train_train")
     n, device = kernel.shape[0], kernel.device
     cost_name, cost_fn = resolve_cost(cost)
-    y, o, squeeze = _targets_and_outputs(y_train, n, cost_name, f0_train)
-    y = y.to(device)
-    y_for_cost = y if cost_name is not None or not squeeze else y[:, 0]
+    f0_user = None if f0_train is None else as_input_tensor(f0_train, "f0_train")
+    targets = as_cost_targets(y_train, n, cost_name,
+                              classes=None if f0_user is None else 1 if f0_user.ndim == 1 else f0_user.shape[-1])
+    o, y_for_cost = targets.outputs, targets.for_cost.to(device)
     eta = check_learning_rate(learning_rate)
-    times_t, scalar = as_times(times, "times", allow_inf=False)
-    dtype = torch.promote_types(kernel.dtype, y_train.dtype if isinstance(y_train, torch.Tensor)
-                                and y_train.is_floating_point() else kernel.dtype)
+    times_t, scalar = as_times(times, "times", allow_inf=False,
+                               why_finite="the ODE is integrated up to the largest time; for MSE at t = inf use "
+                                          "nk.GradientFlow")
+    dtype = kernel.dtype if targets.dtype is None else torch.promote_types(kernel.dtype, targets.dtype)
     k64 = kernel.to(torch.float64)
     f0 = torch.zeros(n, o, dtype=torch.float64, device=device)
-    if f0_train is not None:
-        f0_user = as_outputs(f0_train, n, o, "f0_train")
+    if f0_user is not None:
+        f0_user = as_outputs(f0_user, n, o, "f0_train")
         f0, dtype = f0_user.to(device=device, dtype=torch.float64), torch.promote_types(dtype, f0_user.dtype)
     scale = eta / n
     evaluations = 0
@@ -153,17 +124,20 @@ def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, t
     def outputs(g_state: torch.Tensor) -> torch.Tensor:
         return f0 - scale * (k64 @ g_state)
 
+    def per_point_costs(f: torch.Tensor) -> torch.Tensor:
+        costs = cost_fn(f, y_for_cost)
+        if not isinstance(costs, torch.Tensor) or tuple(costs.shape) != (n,):
+            shape = tuple(costs.shape) if isinstance(costs, torch.Tensor) else type(costs).__name__
+            raise ValueError(f"cost must return the per-point costs c_j as a tensor of shape ({n},) (the "
+                             f"library averages them over the N points); got {shape}")
+        return costs
+
     def per_point_gradient(f: torch.Tensor) -> torch.Tensor:
         nonlocal evaluations
         evaluations += 1
         f = f.detach().requires_grad_(True)
         with torch.enable_grad():
-            costs = cost_fn(f, y_for_cost)
-            if not isinstance(costs, torch.Tensor) or tuple(costs.shape) != (n,):
-                shape = tuple(costs.shape) if isinstance(costs, torch.Tensor) else type(costs).__name__
-                raise ValueError(f"cost must return the per-point costs c_j as a tensor of shape ({n},) (the "
-                                 f"library averages them over the N points); got {shape}")
-            (grad,) = torch.autograd.grad(costs.sum(), f)
+            (grad,) = torch.autograd.grad(per_point_costs(f).sum(), f)
         return finite_or_raise(grad, "cost gradient", "the cost is not differentiable at the current outputs")
 
     def rhs(_t, state):
@@ -188,7 +162,8 @@ def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, t
     t_count = times_t.numel()
     train = (f0.reshape(n, 1, o) - scale * (k64 @ g_states).reshape(n, t_count, o)).permute(1, 0, 2)
     with torch.no_grad():
-        costs = torch.stack([cost_fn(train[i], y_for_cost).mean() for i in range(t_count)])
+        costs = torch.stack([per_point_costs(train[i]).mean() for i in range(t_count)])
+    costs = finite_or_raise(costs, "costs", "the cost is not finite at these outputs")
     test = None
     if kernel_test_train is not None:
         k_test = as_cross_kernel(kernel_test_train, n, "kernel_test_train").to(device)
@@ -204,7 +179,7 @@ def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, t
 
     def finish(out):
         out = finite_or_raise(out, "outputs", "the integration diverged")
-        out = out[..., 0] if squeeze else out
+        out = out[..., 0] if targets.squeeze else out
         return (out[0] if scalar else out).to(dtype)
 
     return KernelDescentResult(times=times_t[0] if scalar else times_t, train_outputs=finish(train),

@@ -3,8 +3,9 @@ r"""Full-batch gradient descent on a real network, recording its outputs (and it
 Jacot's cost (Jacot, Gabriel & Hongler 2018, §3): C(θ) = (1/N) Σ_j c(f(x_j; θ), y_j) over the N training points,
 for MSE c = ½‖f − y‖², i.e. C = ½ E_{p_in}‖f − y‖². One step is θ ← θ − η ∇_θ C, and to first order in η the
 outputs move by −(η/N) Σ_j Θ_θ(x, x_j) ∂c/∂f(x_j): step k is time t = k of
-∂_t f(x) = −(η/N) Σ_j Θ(x, x_j)(f(x_j) − y_j), the ODE that ``GradientFlow`` solves. For a wide network Θ_θ stays close to its initial value (Jacot et al. 2018,
-Thm. 2), and the recorded relative change ‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F measures how close.
+∂_t f(x) = −(η/N) Σ_j Θ(x, x_j)(f(x_j) − y_j), the ODE that ``GradientFlow`` solves. For a wide network Θ_θ
+stays close to its initial value (Jacot et al. 2018, Thm. 2), and the recorded relative change
+‖Θ_t − Θ_0‖_F / ‖Θ_0‖_F measures how close.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import as_input_tensor, check_positive_int
-from ._checks import check_learning_rate
-from .kernel_descent import _targets_and_outputs, resolve_cost
+from .._validation import check_positive_int
+from ._checks import as_cost_targets, as_model_input, check_learning_rate, check_module
+from .kernel_descent import resolve_cost
 
 __all__ = ["train", "TrainingResult"]
 
@@ -42,15 +43,6 @@ class TrainingResult:
     losses: torch.Tensor
     ntks: torch.Tensor | None = None
     ntk_change: torch.Tensor | None = None
-
-
-def _as_model_input(x, name: str, model: nn.Module) -> torch.Tensor:
-    t = as_input_tensor(x, name)
-    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if reference is not None and (t.dtype != reference.dtype or t.device != reference.device):
-        raise ValueError(f"{name} is {t.dtype} on {t.device} but the model's parameters are {reference.dtype} on "
-                         f"{reference.device}; convert one of them (e.g. {name}.to(model_dtype))")
-    return t
 
 
 def _record_steps(steps: int, record_every: int | None) -> list[int]:
@@ -90,13 +82,12 @@ def train(model: nn.Module, x, y, *, steps: int, learning_rate: float, cost: str
     Returns:
         ``TrainingResult``. Raises FloatingPointError if the cost becomes non-finite (η too large).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_module(model)
     steps = check_positive_int(steps, "steps")
     eta = check_learning_rate(learning_rate)
     cost_name, cost_fn = resolve_cost(cost)
-    x = _as_model_input(x, "x", model)
-    x_test = None if x_test is None else _as_model_input(x_test, "x_test", model)
+    x = as_model_input(x, "x", model)
+    x_test = None if x_test is None else as_model_input(x_test, "x_test", model)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters (none with requires_grad=True)")
@@ -107,12 +98,10 @@ def train(model: nn.Module, x, y, *, steps: int, learning_rate: float, cost: str
     if out0.ndim not in (1, 2) or out0.shape[0] != n:
         raise ValueError(f"model(x) must return (N,) or (N, O) outputs with N = {n}; got {tuple(out0.shape)}")
     model_outputs = 1 if out0.ndim == 1 else out0.shape[1]
-    y_internal, o, squeeze = _targets_and_outputs(y, n, cost_name, torch.empty(n, model_outputs), name="y",
-                                                  against=f"the {n} points of x")
-    if o != model_outputs:
-        raise ValueError(f"y has {o} output column(s) but model(x) returns {model_outputs}")
-    y_internal = y_internal.to(device=x.device, dtype=out0.dtype)
-    y_for_cost = y_internal if cost_name is not None or not squeeze else y_internal[:, 0]
+    targets = as_cost_targets(y, n, cost_name, classes=model_outputs, name="y", against=f"the {n} points of x")
+    if targets.outputs != model_outputs:
+        raise ValueError(f"y has {targets.outputs} output column(s) but model(x) returns {model_outputs}")
+    y_for_cost, squeeze = targets.for_cost.to(device=x.device, dtype=out0.dtype), targets.squeeze
 
     def forward(inputs):
         out = model(inputs)
@@ -135,6 +124,10 @@ def train(model: nn.Module, x, y, *, steps: int, learning_rate: float, cost: str
                 rows["test"].append(forward(x_test))
         if record_ntk:
             rows["ntk"].append(empirical_ntk())
+            if step == 0 and not bool(rows["ntk"][0].any()):
+                raise ValueError("the model's empirical NTK at initialisation is zero (the outputs' gradients "
+                                 "with respect to the trainable parameters vanish on x), so its relative change is "
+                                 "undefined; pass record_ntk=False")
 
     for step in tqdm(range(steps + 1), desc="nk.train", disable=not progress, leave=False):
         outputs = forward(x)
