@@ -114,3 +114,21 @@ def test_any_optimiser_and_nk_train_work_on_the_linearised_model():
     for _ in range(20):
         f = f - (1.0 / N) * k @ (f - y)
     torch.testing.assert_close(result.train_outputs[-1], f, rtol=0, atol=1e-10)
+
+
+def test_frozen_parameters_stay_frozen_and_out_of_the_linearised_ntk():
+    net, x, _, y = _setup()
+    for p in net[0].parameters():  # freeze the first layer: nk.train and the empirical NTK leave it out
+        p.requires_grad_(False)
+    lin = nk.linearize(net)
+    assert [p.requires_grad for p in lin.parameters()] == [p.requires_grad for p in net.parameters()]
+    k = ntk_at_init(net, x, output="trace")  # over the trainable parameters only
+    result = nk.train(lin, x, y, steps=20, learning_rate=1.0, progress=False)
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            torch.testing.assert_close(lin.theta[name].detach(), p.detach(), rtol=0, atol=0)
+    with torch.no_grad():
+        f = net(x)
+    for _ in range(20):
+        f = f - (1.0 / N) * k @ (f - y)
+    torch.testing.assert_close(result.train_outputs[-1], f, rtol=0, atol=1e-10)

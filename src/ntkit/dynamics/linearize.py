@@ -17,15 +17,17 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from ._checks import check_module
+
 __all__ = ["linearize", "LinearizedModel"]
 
 
 class LinearizedModel(nn.Module):
     """f_lin(x; θ) = f(x; θ_0) + J(x)(θ − θ_0), with trainable θ starting at θ_0.
 
-    ``parameters()`` yields θ (one tensor per parameter of the wrapped model, named as in the
-    wrapped model with '.' replaced by '__'); θ_0 is kept as buffers of a private copy of the model (moved by
-    ``.to()``, saved in ``state_dict``), so training the original model afterwards changes nothing here.
+    ``parameters()`` yields θ (one tensor per parameter of the wrapped model, named as in the wrapped model with
+    '.' replaced by '__', with the same requires_grad); θ_0 is kept as buffers of a private copy of the model
+    (moved by ``.to()``, saved in ``state_dict``), so training the original model afterwards changes nothing here.
     """
 
     def __init__(self, model: nn.Module):
@@ -34,15 +36,19 @@ class LinearizedModel(nn.Module):
         names = [name for name, _ in base.named_parameters()]
         if not names:
             raise ValueError("model has no parameters to linearise around")
-        # Turn the copy's parameters into buffers: they are θ_0, fixed, and must not reach an optimiser.
+        # Turn the copy's parameters into buffers: they are θ_0, fixed, and must not reach an optimiser. θ keeps
+        # each parameter's requires_grad, so what the user froze stays frozen (and out of the NTK) here too.
+        trainable = {}
         for name in names:
             owner_name, _, leaf = name.rpartition(".")
             owner = base.get_submodule(owner_name) if owner_name else base
-            value = owner._parameters.pop(leaf).detach()
-            owner.register_buffer(leaf, value.clone())
+            parameter = owner._parameters.pop(leaf)
+            trainable[name] = parameter.requires_grad
+            owner.register_buffer(leaf, parameter.detach().clone())
         self.base = base
         self._names = names
-        self.params = nn.ParameterDict({name.replace(".", "__"): nn.Parameter(base.get_buffer(name).clone())
+        self.params = nn.ParameterDict({name.replace(".", "__"): nn.Parameter(base.get_buffer(name).clone(),
+                                                                           requires_grad=trainable[name])
                                         for name in names})
 
     @property
@@ -80,7 +86,4 @@ def linearize(model: nn.Module) -> LinearizedModel:
     ∂_t f(x) = −(η/N) Σ_j Θ_0(x, x_j)(f(x_j) − y_j) with Θ_0 the model's empirical NTK at θ_0, exactly.
     Put the model in the mode (train/eval) you want linearised first: dropout or batch statistics are part of f.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__} "
-                        "(build an ntkit architecture first: arch.build(in_features))")
-    return LinearizedModel(model)
+    return LinearizedModel(check_module(model))
