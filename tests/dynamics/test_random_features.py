@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ntkit as nk
+from dynamics_reference import jacobian_matrix
 from ntkit.dynamics import RandomFeatureModel, nngp_features, ntk_features, random_features_kernel
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -133,6 +134,19 @@ def test_features_dynamics_approach_the_infinite_width_kernel_dynamics_as_p_grow
     assert gaps[1] < gaps[0] / 4, gaps
 
 
+def test_ntk_features_in_the_inputs_dtype_and_of_the_chosen_output():
+    x = _points()
+    net = nk.mlp(1, 8, out_features=2).build(D, seed=0, dtype=DTYPE)
+    second = ntk_features(net, x, output=1)
+    jac = jacobian_matrix(net, x)[:, 1, :]  # (N, P) for output 1, named_parameters order
+    torch.testing.assert_close(second, jac * math.sqrt(jac.shape[1]), rtol=1e-12, atol=1e-12)
+    in_float32 = ntk_features(net, x.float(), output=1, batch_size=4)  # the float64 model's weights, cast
+    assert in_float32.dtype == torch.float32
+    torch.testing.assert_close(in_float32.double(), second, rtol=1e-5, atol=1e-5)
+    mixed = random_features_kernel(in_float32, second)
+    assert mixed.dtype == torch.float64 and mixed.shape == (N + M, N + M)
+
+
 def test_feature_errors():
     x = _points()
     with pytest.raises(ValueError, match="source must be one of"):
@@ -149,3 +163,11 @@ def test_feature_errors():
         random_features_kernel(torch.ones(2, 3), torch.ones(2, 4))
     with pytest.raises(ValueError, match=r"expects features of shape \(N, 5\)"):
         RandomFeatureModel(5)(torch.ones(2, 4))
+    with pytest.raises(ValueError, match=r"output must be an integer in \[0, 2\); got 2"):
+        ntk_features(two_outputs, x, output=2)
+    with pytest.raises(ValueError, match=r"output must be an integer in \[0, 2\); got 1.0"):
+        ntk_features(two_outputs, x, output=1.0)
+    with pytest.raises(TypeError, match="seed must be an int or None; got 0.5"):
+        RandomFeatureModel(5, seed=0.5)
+    with pytest.raises(TypeError, match="arch must be an ntkit architecture"):
+        nngp_features(two_outputs, x, 4)

@@ -20,16 +20,20 @@ Train F^lin with ``RandomFeatureModel`` and ``nk.train`` (inputs are the feature
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
 from .._validation import as_input_tensor, check_positive_int
-from ..layers.base import Layer, Serial
+from ..empirical.checks import check_model
+from ..empirical.jacobian import jacobian_features
+from ..empirical.model_function import ModelFunction
+from ..layers.base import Serial
 from ..layers.dense import Dense
+from ._checks import check_architecture
 
 __all__ = ["nngp_features", "ntk_features", "random_features_kernel", "RandomFeatureModel", "FEATURE_SOURCES"]
 
@@ -91,8 +95,7 @@ def nngp_features(arch, x, n_features: int, *, source: str = "networks", seed: i
     Returns:
         (N, P) features, in x's dtype and device. ``random_features_kernel(F)`` gives K̃.
     """
-    if not isinstance(arch, Layer):
-        raise TypeError(f"arch must be an ntkit architecture (nk.Serial, nk.mlp(...)); got {type(arch).__name__}")
+    arch = check_architecture(arch)
     arch = arch if isinstance(arch, Serial) else Serial(arch)
     x = as_input_tensor(x, "x", ndim=2)
     n_features = check_positive_int(n_features, "n_features")
@@ -107,47 +110,55 @@ def nngp_features(arch, x, n_features: int, *, source: str = "networks", seed: i
     return _last_hidden_features(arch, x, n_features, seed)
 
 
+class _OneOutput:
+    """A ``ModelFunction`` restricted to output ``index``, (N, 1): ``jacobian_features`` differentiates every
+    output it is given, and only one row of each per-sample Jacobian is wanted here."""
+
+    def __init__(self, fn: ModelFunction, index: int):
+        self.params, self._fn, self._index = fn.params, fn, index
+
+    def __call__(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self._fn(x, params)[:, self._index:self._index + 1]
+
+
 def ntk_features(model: nn.Module, x, *, output: int | None = None, batch_size: int | None = None) -> torch.Tensor:
     r"""NTK random features of a finite network: f^(p)(x) = √P ∂f(x)/∂θ_p, (N, P), P = number of parameters.
 
     Then K̃ = F Fᵀ/P = J(x) J(x)ᵀ is the network's empirical NTK, which tends to the infinite-width Θ as the
     widths grow (Jacot et al. 2018, Thm. 1), and the linear model P^{-1/2} F θ is the network's linearisation
     (up to its initial outputs). The Jacobian is formed explicitly (N·P numbers, refused with an estimate when it
-    does not fit); for the NTK alone use ``nk.empirical_ntk``, which avoids it.
+    does not fit) by the per-sample Jacobians of ``ntkit.empirical``; for the NTK alone use
+    ``nk.empirical_ntk``, which avoids it.
 
     Args:
-        model: an ``nn.Module``; all its parameters with requires_grad count.
-        x: (N, ...) inputs in the model's dtype and device.
+        model: an ``nn.Module`` whose output for one sample depends on that sample alone (``model.eval()`` for
+            dropout or batch norm); its parameters with requires_grad count.
+        x: (N, ...) inputs on the model's device; the features come in x's dtype (the parameters are cast to it).
         output: which output to differentiate when the model has several (required then).
         batch_size: points per vmapped Jacobian pass (default: all at once).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    check_model(model)
     x = as_input_tensor(x, "x")
-    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError("model has no trainable parameters")
-    n_params = sum(p.numel() for p in params.values())
+    fn = ModelFunction(model, x.dtype, x.device)
+    names = list(fn.params)
+    if not names:
+        raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+    n_params = fn.num_params
     check_fits(2 * x.shape[0] * n_params * x.element_size(), x.device, f"ntk_features ({x.shape[0]} x {n_params})",
                "Use fewer points, a smaller model, or nk.empirical_ntk for the kernel alone.")
     with torch.no_grad():
-        probe = model(x[:1])
-    n_outputs = 1 if probe.ndim == 1 else probe[0].numel()
+        n_outputs = fn(x[:1]).shape[1]
     if output is None and n_outputs != 1:
         raise ValueError(f"model has {n_outputs} outputs; pass output= (0..{n_outputs - 1}) to choose one")
-    index = 0 if output is None else int(output)
-    if not 0 <= index < n_outputs:
-        raise ValueError(f"output must lie in [0, {n_outputs}); got {output}")
-
-    def scalar_output(p, xi):
-        return functional_call(model, p, (xi[None],)).reshape(-1)[index]
-
-    jacobian = vmap(jacrev(scalar_output), (None, 0))
+    index = 0 if output is None else output
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < n_outputs:
+        raise ValueError(f"output must be an integer in [0, {n_outputs}); got {output!r}")
+    one_output = _OneOutput(fn, int(index))
     batch = x.shape[0] if batch_size is None else check_positive_int(batch_size, "batch_size")
     blocks = []
     for start in range(0, x.shape[0], batch):
-        per_param = jacobian(params, x[start:start + batch])
-        blocks.append(torch.cat([j.reshape(j.shape[0], -1) for j in per_param.values()], 1))
+        per_param = jacobian_features(one_output, names, x[start:start + batch])  # [(n, 1, numel)] by parameter
+        blocks.append(torch.cat([feature.jac[:, 0] for feature in per_param], 1))
     return torch.cat(blocks, 0) * math.sqrt(n_params)
 
 
@@ -157,7 +168,10 @@ def random_features_kernel(features1, features2=None) -> torch.Tensor:
     f2 = f1 if features2 is None else as_input_tensor(features2, "features2", ndim=2)
     if f1.shape[1] != f2.shape[1]:
         raise ValueError(f"features1 has {f1.shape[1]} features but features2 has {f2.shape[1]}")
-    return f1 @ f2.T / f1.shape[1]
+    if f1.device != f2.device:
+        raise ValueError(f"features1 is on {f1.device} but features2 is on {f2.device}; put both on one device")
+    dtype = torch.promote_types(f1.dtype, f2.dtype)
+    return f1.to(dtype) @ f2.to(dtype).T / f1.shape[1]
 
 
 class RandomFeatureModel(nn.Module):
@@ -178,6 +192,8 @@ class RandomFeatureModel(nn.Module):
         super().__init__()
         self.n_features = check_positive_int(n_features, "n_features")
         self.out_features = check_positive_int(out_features, "out_features")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None; got {seed!r}")
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if init == "normal":
             generator = None if seed is None else torch.Generator().manual_seed(seed)
