@@ -7,23 +7,14 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 
 
-def rk4_function_space(kernel_rows, kernel_train, y, f0_rows, f0_train, learning_rate, times, step):
-    """Integrate ∂_t f = −(η/N) K(·, X)(f(X) − y) with classical RK4 of step ``step``, on training and extra rows.
+def rk4(rhs, state, times, step):
+    """Classical RK4 of step ``step`` for ds/dt = rhs(s) from s(0) = state: [s(t) for t in times] (ascending).
 
-    kernel_rows: (R, N) kernel between the rows to report and the training points; kernel_train: (N, N).
-    Returns the outputs on the rows at each time, (T, R, O). The local error is O(step⁵) per step.
+    The local error is O(step⁵) per step.
     """
-    n = kernel_train.shape[0]
-    scale = learning_rate / n
-    stacked = torch.cat([kernel_train, kernel_rows])  # the state holds training and reported outputs together
-    state = torch.cat([f0_train, f0_rows])
-
-    def rhs(s):
-        return -scale * stacked @ (s[:n] - y)
-
     out, t_now = [], 0.0
-    for t_target in times.tolist():
-        while t_now < t_target - 1e-15:
+    for t_target in times:
+        while t_now < t_target - 1e-12:
             h = min(step, t_target - t_now)
             k1 = rhs(state)
             k2 = rhs(state + 0.5 * h * k1)
@@ -31,8 +22,25 @@ def rk4_function_space(kernel_rows, kernel_train, y, f0_rows, f0_train, learning
             k4 = rhs(state + h * k3)
             state = state + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             t_now += h
-        out.append(state[n:].clone())
-    return torch.stack(out)
+        out.append(state)
+    return out
+
+
+def rk4_function_space(kernel_rows, kernel_train, y, f0_rows, f0_train, learning_rate, times, step):
+    """Integrate ∂_t f = −(η/N) K(·, X)(f(X) − y) with ``rk4``, on training and extra rows.
+
+    kernel_rows: (R, N) kernel between the rows to report and the training points; kernel_train: (N, N).
+    Returns the outputs on the rows at each time, (T, R, O).
+    """
+    n = kernel_train.shape[0]
+    scale = learning_rate / n
+    stacked = torch.cat([kernel_train, kernel_rows])  # the state holds training and reported outputs together
+
+    def rhs(s):
+        return -scale * stacked @ (s[:n] - y)
+
+    states = rk4(rhs, torch.cat([f0_train, f0_rows]), times.tolist(), step)
+    return torch.stack([state[n:] for state in states])
 
 
 def jacobian_matrix(model, x):

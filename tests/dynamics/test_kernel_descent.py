@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ntkit as nk
+from dynamics_reference import rk4
 from ntkit.dynamics.kernel_descent import COSTS
 
 DTYPE = torch.float64
@@ -64,19 +65,8 @@ def _parameter_space_reference(features, features_test, y, cost_fn, theta0, time
         (grad,) = torch.autograd.grad(cost, theta)
         return -ETA * grad
 
-    out_train, out_test, theta, t_now = [], [], theta0.clone(), 0.0
-    for target in times:
-        while t_now < target - 1e-12:
-            h = min(step, target - t_now)
-            k1 = rhs(theta)
-            k2 = rhs(theta + 0.5 * h * k1)
-            k3 = rhs(theta + 0.5 * h * k2)
-            k4 = rhs(theta + h * k3)
-            theta = theta + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            t_now += h
-        out_train.append(features @ theta)
-        out_test.append(features_test @ theta)
-    return torch.stack(out_train), torch.stack(out_test)
+    thetas = rk4(rhs, theta0.clone(), times, step)
+    return torch.stack([features @ t for t in thetas]), torch.stack([features_test @ t for t in thetas])
 
 
 @pytest.mark.parametrize("cost, outputs", [("cross_entropy", O), ("logistic", 1)])
