@@ -34,7 +34,7 @@ def test_bad_options_are_named(net, kwargs, error, match):
 
 def test_bad_inputs_are_named(net):
     x = mlp_inputs(3)
-    with pytest.raises(ValueError, match="same sample shape"):
+    with pytest.raises(ValueError, match="x1 and x2 must have the same feature shape"):
         empirical_ntk(net, x, torch.randn(2, 4, dtype=DT))
     bad = x.clone()
     bad[1, 2] = float("nan")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import as_input_tensor, check_finite, check_positive_int
+from .._validation import as_input_tensor, check_finite, check_pair, check_positive_int
 
 __all__ = ["OUTPUTS", "METHODS", "check_output", "check_method", "check_batch_size", "check_max_memory",
            "as_model_input", "model_inputs", "check_model", "compute_dtype", "check_result_finite"]
@@ -73,18 +73,10 @@ def model_inputs(x1, x2) -> tuple[torch.Tensor, torch.Tensor | None]:
     if x2 is None:
         return x1, None
     x2 = as_model_input(x2, "x2")
-    if x1.device != x2.device:
-        raise ValueError(f"x1 is on {x1.device} but x2 is on {x2.device}; put both on the same device")
-    if x1.shape[1:] != x2.shape[1:]:
-        raise ValueError(f"x1 and x2 must have the same sample shape; got x1 {tuple(x1.shape)} and "
-                         f"x2 {tuple(x2.shape)}")
-    if x1.is_floating_point() != x2.is_floating_point():
+    if x1.is_floating_point() != x2.is_floating_point():  # before check_pair, whose promotion would cast ids
         raise TypeError(f"x1 has dtype {x1.dtype} but x2 has dtype {x2.dtype}; give both as floats or both as "
                         "integer ids")
-    if x1.is_floating_point():
-        dtype = torch.promote_types(x1.dtype, x2.dtype)
-        x1, x2 = x1.to(dtype), x2.to(dtype)
-    return x1, x2
+    return check_pair(x1, x2)
 
 
 def _batch_coupled_modules(model: nn.Module) -> list[str]:

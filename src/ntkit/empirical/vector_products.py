@@ -33,7 +33,8 @@ def _rows(vjp_fn, units: torch.Tensor, batched: bool) -> torch.Tensor:
 
 
 def _reverse_mode_block(vjp_1, vjp_2, basis_1, basis_2, basis_batch: int) -> torch.Tensor:
-    """Θ as (n1·O, n2·O) from parameter-space rows of both sides, ``basis_batch`` rows of each at a time."""
+    """(Θ as (n1·O, n2·O), whether vmap batched the rows) from parameter-space rows J(X)ᵀ e of both sides,
+    ``basis_batch`` rows of each at a time; one row is tried batched first, and on failure all go one by one."""
     try:
         _rows(vjp_1, basis_1[:1], True)
         batched = True
