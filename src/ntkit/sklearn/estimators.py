@@ -24,7 +24,6 @@ from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..dynamics.gradient_flow import GradientFlow
 from ..layers import mlp
 from .kernels import as_tensor, check_architecture
 
@@ -72,6 +71,9 @@ class _KernelMachine(BaseEstimator):
         if math.isinf(self.t):
             return self._ridge_coef(k_train, y).numpy()
         # Finite t: the closed form of nk.GradientFlow (one eigendecomposition); α_t = −dual_coefficients for f_0 = 0.
+        # Imported here: ntkit.dynamics loads the empirical-NTK machinery, which t = inf never needs.
+        from ..dynamics.gradient_flow import GradientFlow
+
         flow = GradientFlow(k_train, y, learning_rate=self.learning_rate, diag_reg=self.diag_reg)
         return (-flow.dual_coefficients(float(self.t))[0]).numpy()
 
