@@ -246,3 +246,9 @@ ZOO = {
     "unused_head": (lambda: _build(UnusedHead), lambda n, s: torch.randn(n, 4, generator=seeded(s), dtype=DT)),
     "transformer": (transformer_model, lambda n, s: torch.randn(n, 3, 8, generator=seeded(s), dtype=DT)),
 }
+
+
+def zoo_case(name, n1=4, n2=3):
+    """(model, x1 of n1 samples drawn with seed 0, x2 of n2 samples drawn with seed 1) for a zoo entry."""
+    make_model, make_inputs = ZOO[name]
+    return make_model(), make_inputs(n1, 0), make_inputs(n2, 1)

@@ -45,7 +45,10 @@ def test_several_outputs_and_a_factory():
 
     result = width_convergence(factory, x, widths=[32, 2048], seeds=[0, 1])
     assert isinstance(result, WidthConvergence)
-    assert float(result.mean_errors[1]) < float(result.mean_errors[0]) / 3  # sqrt(64) = 8x expected
+    # sqrt(64) = 8x smaller errors expected. log err scatters by about 0.3 per seed (see the test above), so a
+    # mean of 2 seeds by about 0.3/sqrt(2) ≈ 0.2 and the log of the ratio by about 0.3: 8x falls below 3x only
+    # at log(8/3) ≈ 1.0, over 3 of those standard deviations.
+    assert float(result.mean_errors[1]) < float(result.mean_errors[0]) / 3
 
 
 def test_with_width_keeps_the_output_layer_and_the_scales():

@@ -13,7 +13,7 @@ import torch
 import ntkit as nk
 import ntkit.empirical.methods as methods_module
 from ntkit.empirical import empirical_ntk
-from empirical_models import ZOO, brute_force_ntk, reduce_output
+from empirical_models import ZOO, brute_force_ntk, reduce_output, zoo_case
 
 METHODS = ("auto", "layerwise", "jacobian", "vector_products")
 OUTPUTS = ("full", "trace", "diagonal")
@@ -28,12 +28,11 @@ pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecate
 @pytest.fixture(scope="module")
 def references():
     """Per model: the model, x1 (4 samples), x2 (3 samples), brute-force full NTKs Θ(x1, x1) and Θ(x1, x2)."""
-    out = {}
-    for name, (make_model, make_inputs) in ZOO.items():
-        model = make_model()
-        x1, x2 = make_inputs(4, 0), make_inputs(3, 1)
-        out[name] = (model, x1, x2, brute_force_ntk(model, x1), brute_force_ntk(model, x1, x2))
-    return out
+    return {name: _with_references(*zoo_case(name)) for name in ZOO}
+
+
+def _with_references(model, x1, x2):
+    return model, x1, x2, brute_force_ntk(model, x1), brute_force_ntk(model, x1, x2)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -200,7 +199,7 @@ def test_models_vmap_cannot_batch_fall_back_to_loops(method):
 def test_vector_products_fall_back_to_reverse_mode():
     """The fused attention kernel of TransformerEncoderLayer has no forward-mode (nor double-backward) formula:
     the block comes from vjps of both sides, still exact."""
-    model, x1, x2, _, ref12 = _zoo_entry("transformer")
+    model, x1, x2, _, ref12 = _with_references(*zoo_case("transformer", 3, 2))
     with pytest.warns(RuntimeWarning, match="forward-mode products failed.*reverse-mode products of both sides"):
         kernel = empirical_ntk(model, x1, x2, method="vector_products", output="diagonal")
     torch.testing.assert_close(kernel, reduce_output(ref12, "diagonal"), **TOL)
@@ -217,14 +216,7 @@ def test_vector_products_fall_back_to_one_product_at_a_time(monkeypatch):
         return refuse
 
     monkeypatch.setattr(vector_products, "vmap", failing_vmap)
-    model, x1, x2, _, ref12 = _zoo_entry("grouped_cnn")
+    model, x1, x2, _, ref12 = _with_references(*zoo_case("grouped_cnn", 3, 2))
     with pytest.warns(RuntimeWarning, match="simulated.*cannot be vmapped, so one product at a time"):
         kernel = empirical_ntk(model, x1, x2, method="vector_products")
     torch.testing.assert_close(kernel, ref12, **TOL)
-
-
-def _zoo_entry(name):
-    make_model, make_inputs = ZOO[name]
-    model = make_model()
-    x1, x2 = make_inputs(3, 0), make_inputs(2, 1)
-    return model, x1, x2, brute_force_ntk(model, x1), brute_force_ntk(model, x1, x2)

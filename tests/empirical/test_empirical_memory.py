@@ -11,7 +11,11 @@ import ntkit.empirical.methods as methods_module
 from ntkit._memory import available_bytes
 from ntkit.empirical import empirical_ntk
 from ntkit.empirical.memory import DEFAULT_FRACTION, Cost, memory_budget, plan_chunks
-from empirical_models import brute_force_ntk, mlp_inputs, mlp_model
+from ntkit.empirical.features import feature_bytes
+from ntkit.empirical.methods import LayerwiseMethod
+from ntkit.empirical.model_function import ModelFunction
+from ntkit.empirical.probe import probe_model
+from empirical_models import brute_force_ntk, mlp_inputs, mlp_model, zoo_case
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 MiB = 2 ** 20
@@ -159,14 +163,7 @@ def test_refusal_message_names_the_method_and_shape():
 def test_the_feature_estimate_is_what_the_features_hold(name):
     """The planner's per-sample feature bytes equal the bytes the layerwise features really hold (views of
     output-major gradients count their storage once)."""
-    from empirical_models import ZOO
-    from ntkit.empirical.features import feature_bytes
-    from ntkit.empirical.methods import LayerwiseMethod
-    from ntkit.empirical.model_function import ModelFunction
-    from ntkit.empirical.probe import probe_model
-
-    make_model, make_inputs = ZOO[name]
-    model, x = make_model(), make_inputs(4, 0)
+    model, x, _ = zoo_case(name)
     fn = ModelFunction(model, torch.float64, x.device)
     method = LayerwiseMethod(fn, probe_model(fn, x), "full", 4, 4)
     held = sum(feature_bytes(f) for f in method.features(x))

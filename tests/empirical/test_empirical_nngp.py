@@ -7,14 +7,12 @@ import torch
 
 import ntkit as nk
 from ntkit.empirical import empirical_nngp
-from empirical_models import ZOO, reduce_output
+from empirical_models import mlp_model, reduce_output, zoo_case
 
 
 @pytest.mark.parametrize("name", ["mlp", "grouped_cnn", "tokens"])
 def test_output_gram_in_every_mode(name):
-    make_model, make_inputs = ZOO[name]
-    model = make_model()
-    x1, x2 = make_inputs(4, 0), make_inputs(3, 1)
+    model, x1, x2 = zoo_case(name)
     with torch.no_grad():
         f1, f2 = model(x1).reshape(4, -1), model(x2).reshape(3, -1)
     full = torch.einsum("xa,yb->xyab", f1, f2)
@@ -36,7 +34,8 @@ def test_trace_estimates_the_infinite_width_nngp():
     limit), whose variance is Σ_xx Σ_x'x' + Σ_xx'² <= 2 max Σ²; the standard error is <= sqrt(2/512) max Σ
     = 0.0625 max Σ. The 64 outputs of one network also share its last hidden layer, whose kernel fluctuates by
     O(width^-1/2) ≈ 0.044 max Σ per network, i.e. ≈ 0.016 max Σ over 8 networks; together ≈ 0.065 max Σ.
-    5 standard errors, 0.31 max Σ, for the worst of 36 entries (false-failure chance below 1e-5).
+    The bound 5·sqrt(2/512) max Σ = 0.31 max Σ is 4.8 of those (upper-bound) standard errors for the worst of the
+    21 distinct entries of the symmetric 6x6 kernel: false-failure chance below 21·2·Φ(−4.8) ≈ 3e-5.
     """
     arch = nk.mlp(2, 512, out_features=64, b_std=0.2)
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -48,7 +47,7 @@ def test_trace_estimates_the_infinite_width_nngp():
 
 
 def test_bad_arguments():
-    model = ZOO["mlp"][0]()
+    model = mlp_model()
     with pytest.raises(ValueError, match="output must be one of"):
         empirical_nngp(model, torch.zeros(2, 5, dtype=torch.float64), output="sum")
     with pytest.raises(ValueError, match="x1 contains"):
