@@ -77,7 +77,7 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
         batch_size: samples per chunk (default: planned from max_memory).
         max_memory: memory budget in bytes (default: half of the free RAM, or of the free GPU memory). A request
             that cannot fit even one sample at a time raises MemoryError with the estimate.
-        progress: tqdm bar over blocks (None: when there are many).
+        progress: tqdm bar over blocks: True always, False never, None on a terminal for 16 blocks or more.
 
     Returns:
         A tensor of the requested shape, in the inputs' dtype (the model's for integer inputs) and on their device,

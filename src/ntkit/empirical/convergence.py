@@ -90,7 +90,8 @@ def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: S
         widths: hidden widths n to build.
         seeds: initialisation seeds (``arch.build(seed=...)``) per width.
         method: ``empirical_ntk`` method.
-        progress: tqdm bar over (width, seed) pairs (None: for more than 16 of them).
+        progress: tqdm bar over (width, seed) pairs: True always, False never, None on a terminal for more than
+            16 of them.
 
     Returns:
         ``WidthConvergence`` with ``errors`` (len(widths), len(seeds)) and ``slope()`` (≈ -1/2 expected).
