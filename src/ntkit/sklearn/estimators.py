@@ -47,6 +47,17 @@ def _check_positive(value, name: str, owner: str, *, allow_zero: bool = False, a
 class _KernelMachine(BaseEstimator):
     """Shared fitting of the dual coefficients α_t (see the module docstring) and kernel evaluation."""
 
+    def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
+                 learning_rate=1.0, diag_reg=1e-4):
+        self.hidden_layers = hidden_layers
+        self.activation = activation
+        self.w_std = w_std
+        self.b_std = b_std
+        self.kernel = kernel
+        self.t = t
+        self.learning_rate = learning_rate
+        self.diag_reg = diag_reg
+
     def _check_params(self) -> None:
         owner = type(self).__name__
         check_architecture(self.hidden_layers, self.activation, self.w_std, self.b_std, owner)
@@ -124,16 +135,7 @@ class NTKRegressor(RegressorMixin, _KernelMachine):
         X_fit_: (N, d) training inputs (float64); dual_coef_: (N, O) α_t; n_features_in_.
     """
 
-    def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
-                 learning_rate=1.0, diag_reg=1e-4):
-        self.hidden_layers = hidden_layers
-        self.activation = activation
-        self.w_std = w_std
-        self.b_std = b_std
-        self.kernel = kernel
-        self.t = t
-        self.learning_rate = learning_rate
-        self.diag_reg = diag_reg
+    # __init__ (the parameters above) is _KernelMachine's.
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -177,14 +179,7 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
                  learning_rate=1.0, diag_reg=1e-4, solver="regression", C=1.0):
-        self.hidden_layers = hidden_layers
-        self.activation = activation
-        self.w_std = w_std
-        self.b_std = b_std
-        self.kernel = kernel
-        self.t = t
-        self.learning_rate = learning_rate
-        self.diag_reg = diag_reg
+        super().__init__(hidden_layers, activation, w_std, b_std, kernel, t, learning_rate, diag_reg)
         self.solver = solver
         self.C = C
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
+from .._validation import check_finite
 from ..layers import mlp
 from ..layers.activations import ACTIVATION_NAMES
 from .recursion import mlp_kernel_with_tangents
@@ -120,6 +121,9 @@ class _FullyConnectedKernel(Kernel):
         # Mirror the upper triangle, as arch.kernel(X) does: quadrature duals are not exactly symmetric in
         # (x, x'), and a GP needs k(X, X) (and its derivatives) exactly symmetric.
         value, tangent = _mirror_upper(value), _mirror_upper(tangent)
+        # overflow (huge w_std with many layers) must not reach the optimiser as NaN
+        check_finite(value, f"{type(self).__name__} kernel value")
+        check_finite(tangent, f"{type(self).__name__} kernel gradient")
         by_name = {"w_std": tangent[0], "b_std": tangent[1]}
         free = [by_name[h.name] for h in self.hyperparameters if not h.fixed]  # theta's order
         gradient = np.stack([g.numpy() for g in free], axis=-1) if free else np.empty((*value.shape, 0))
