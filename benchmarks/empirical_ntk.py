@@ -174,22 +174,16 @@ def main() -> None:
         model.eval()
         with torch.no_grad():
             outputs = model(x[:1]).numel()
-
-        def ours():
-            return nk.empirical_ntk(model, x, output=output)
-
-        def theirs():
-            return tutorial_jacobian_contraction(model, x, x, output)
-
-        nk.empirical_ntk(model, x[:4], output=output)  # warm-up (first-call overheads of torch.func, allocator)
-        ours_s, ours_k = median_time(ours, args.repeats)
+        ours, theirs = _implementation("ntkit", model, output), _implementation("tutorial", model, output)
+        ours(x[:4])  # warm-up (first-call overheads of torch.func, allocator)
+        ours_s, ours_k = median_time(lambda: ours(x), args.repeats)
         ours_mib = measure_memory(index, "ntkit")
         need = tutorial_bytes(model, x.shape[0], outputs)
         theirs_s = theirs_mib = rel_diff = None
         note = ""
         if run_competitor and need * 1.3 < available_bytes("cpu"):
-            tutorial_jacobian_contraction(model, x[:4], x[:4], output)  # warm-up
-            theirs_s, theirs_k = median_time(theirs, args.competitor_repeats)
+            theirs(x[:4])  # warm-up
+            theirs_s, theirs_k = median_time(lambda: theirs(x), args.competitor_repeats)
             theirs_mib = measure_memory(index, "tutorial")
             rel_diff = float((ours_k - theirs_k).abs().max() / theirs_k.abs().max())
         else:
@@ -203,13 +197,10 @@ def main() -> None:
           "tutorial peak (MiB) | max rel. difference |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, ours_s, theirs_s, ours_mib, theirs_mib, rel_diff, note in rows:
-        def fmt(v, spec):
-            return "n/a" if v is None else format(v, spec)
-
         speedup = f"{theirs_s / ours_s:.1f}x" if theirs_s else "n/a"
-        theirs_cell = fmt(theirs_s and theirs_s * 1e3, ".1f") if theirs_s else note
-        print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_cell} | {speedup} | {fmt(ours_mib, '.0f')} | "
-              f"{fmt(theirs_mib, '.0f')} | {fmt(rel_diff, '.1e')} |")
+        theirs_cell = f"{theirs_s * 1e3:.1f}" if theirs_s else note
+        print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_cell} | {speedup} | {_cell(ours_mib, '.0f')} | "
+              f"{_cell(theirs_mib, '.0f')} | {_cell(rel_diff, '.1e')} |")
     general_methods(args.repeats)
 
 
@@ -226,7 +217,11 @@ def general_methods(repeats: int) -> None:
         run(x[:4])
         seconds, _ = median_time(lambda: run(x), repeats)
         peak = measure_memory(0, f"ntkit:{method}")
-        print(f"| {method} | {seconds * 1e3:.1f} | {'n/a' if peak is None else format(peak, '.0f')} |", flush=True)
+        print(f"| {method} | {seconds * 1e3:.1f} | {_cell(peak, '.0f')} |", flush=True)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":
