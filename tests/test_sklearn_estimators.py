@@ -134,6 +134,9 @@ def test_svm_solver_is_svc_on_the_precomputed_kernel():
     k_test = reference_kernel(x[::5], x)
     np.testing.assert_allclose(clf.decision_function(x[::5]), svc.decision_function(k_test), rtol=1e-8)
     np.testing.assert_array_equal(clf.predict(x[::5]), svc.predict(k_test))
+    refit = clf.set_params(solver="regression").fit(x, y)  # the fitted solver, not a stale SVC, predicts
+    np.testing.assert_array_equal(refit.decision_function(x[::5]),
+                                  NTKClassifier(hidden_layers=2).fit(x, y).decision_function(x[::5]))
     binary = NTKClassifier(hidden_layers=2, solver="svm").fit(x[y < 2], y[y < 2])
     decision = binary.decision_function(x[:60])
     assert decision.shape == (60,)

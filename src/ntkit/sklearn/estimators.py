@@ -195,6 +195,8 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
         if len(self.classes_) < 2:
             raise ValueError(f"NTKClassifier needs samples of at least 2 classes; got 1 class ({self.classes_[0]!r})")
         self.X_fit_ = x
+        for stale in ("svc_", "dual_coef_"):  # a refit with the other solver must not predict with the old one
+            self.__dict__.pop(stale, None)
         if self.solver == "svm":
             self.svc_ = SVC(kernel="precomputed", C=float(self.C)).fit(self._kernel(x).numpy(), codes)
         else:
@@ -205,7 +207,7 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
 
     def _scores(self, X) -> np.ndarray:
         """(M, K) class scores: network outputs f_t(x*) (regression) or SVC's one-vs-rest decision values."""
-        if self.solver == "svm" and hasattr(self, "svc_"):
+        if hasattr(self, "svc_"):  # fitted with solver="svm"
             x = validate_data(self, X, reset=False, dtype=np.float64)
             decision = self.svc_.decision_function(self._kernel(x, self.X_fit_).numpy())
             return np.stack([-decision / 2, decision / 2], axis=1) if decision.ndim == 1 else decision
