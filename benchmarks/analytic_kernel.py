@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import time
 import torch
 
 import ntkit as nk
+from _timing import median_time
 
 
 def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0, b_std: float = 0.1):
@@ -41,15 +41,6 @@ def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0,
         nngp, q = w2 * k + b2, w2 * q + b2
         ntk = nngp + w2 * ntk * kdot
     return nngp, ntk
-
-
-def timed(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def large_memory_probe(n: int) -> dict:
@@ -91,10 +82,10 @@ def main() -> None:
         k = arch.kernel(x)
         off = ~torch.eye(n, dtype=torch.bool)
         rel = ((k.ntk - ref_ntk)[off].abs().max() / ref_ntk.abs().max()).item()
-        eager_t, _ = timed(lambda: eager_reference(x), args.repeats)
-        default_t, _ = timed(lambda: arch.kernel(x), args.repeats)
-        tiled_t, _ = timed(lambda: arch.kernel(x, fused=False), args.repeats)
-        fused_t, _ = timed(lambda: arch.kernel(x, fused=True), args.repeats)
+        eager_t, _ = median_time(lambda: eager_reference(x), args.repeats)
+        default_t, _ = median_time(lambda: arch.kernel(x), args.repeats)
+        tiled_t, _ = median_time(lambda: arch.kernel(x, fused=False), args.repeats)
+        fused_t, _ = median_time(lambda: arch.kernel(x, fused=True), args.repeats)
         rows.append((n, eager_t, default_t, tiled_t, fused_t, rel))
 
     print("\n| N | eager torch (full grid) | ntkit default | ntkit tiled eager | ntkit fused | speed-up (default) "

@@ -25,15 +25,7 @@ import time
 import torch
 
 import ntkit as nk
-
-
-def timed(fn, repeats: int):
-    durations, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        durations.append(time.perf_counter() - start)
-    return statistics.median(durations), result
+from _timing import median_time
 
 
 def expm_solve_prediction(k_train, k_test, y, eta, t):
@@ -81,9 +73,9 @@ def main() -> None:
     eta = 0.5 * nk.GradientFlow(k_train, y).max_learning_rate()
     times = torch.logspace(0, 6, args.times, dtype=torch.float64)
 
-    setup_s, flow = timed(lambda: nk.GradientFlow(k_train, y, learning_rate=eta), args.repeats)
-    batch_s, batch = timed(lambda: (flow.train_outputs(times), flow.test_outputs(times, k_test)), args.repeats)
-    single_s, _ = timed(lambda: flow.test_outputs(float(times[len(times) // 2]), k_test), max(5, args.repeats))
+    setup_s, flow = median_time(lambda: nk.GradientFlow(k_train, y, learning_rate=eta), args.repeats)
+    batch_s, batch = median_time(lambda: (flow.train_outputs(times), flow.test_outputs(times, k_test)), args.repeats)
+    single_s, _ = median_time(lambda: flow.test_outputs(float(times[len(times) // 2]), k_test), max(5, args.repeats))
     print(f"GradientFlow: eigendecomposition {setup_s:.2f} s; {args.times} times in one call {batch_s:.3f} s "
           f"({1e3 * batch_s / args.times:.2f} ms per time, train + test outputs); one time per call "
           f"{1e3 * single_s:.1f} ms (test outputs)")

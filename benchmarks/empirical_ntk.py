@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
@@ -34,6 +32,7 @@ from torch.func import functional_call, jacrev, vmap
 
 import ntkit as nk
 from ntkit._memory import available_bytes
+from _timing import median_time
 
 
 # ----- the competitor: the tutorial's Jacobian contraction -------------------------------------------------------
@@ -93,16 +92,6 @@ def workloads(skip_slow: bool):
 
 
 # ----- measurement -----------------------------------------------------------------------------------------------
-
-def median_time(fn, repeats: int):
-    """(median seconds over ``repeats`` calls, the last call's result)."""
-    durations, result = [], None
-    for _ in range(max(repeats, 1)):
-        start = time.perf_counter()
-        result = fn()
-        durations.append(time.perf_counter() - start)
-    return statistics.median(durations), result
-
 
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as handle:
