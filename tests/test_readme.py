@@ -30,3 +30,6 @@ def test_readme_examples_run_and_mean_what_they_say():
     assert torch.allclose(ns["f_test"][-1], ns["ensemble"].mean, rtol=1e-6, atol=1e-8)
     assert bool(ns["report"]) and ns["values"].shape == (10,)
     assert ns["losses"][0] > ns["losses"][-1]
+    assert 0.9 < ns["accuracy"] <= 1.0 and ns["search"].best_params_["ntkclassifier__hidden_layers"] in (1, 3)
+    gp = ns["gp"]  # the optimiser started at gp.kernel's hyperparameters and must have improved on them
+    assert gp.log_marginal_likelihood_value_ > gp.log_marginal_likelihood(gp.kernel.theta) + 1.0

@@ -35,6 +35,7 @@ _LAZY = {
     "RandomFeatureModel": "ntkit.dynamics",
     "spectrum": "ntkit.spectrum",
     "data": "ntkit.data",
+    "sklearn": "ntkit.sklearn",
 }
 
 
