@@ -14,21 +14,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import check_estimator
-from threadpoolctl import threadpool_limits
 
 import ntkit as nk
 from ntkit.sklearn import NNGP, NTKClassifier, NTKRegressor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One torch/BLAS thread for this module: on the shared 2-core machine an oversubscribed torch thread pool made
-    the digits test 25x slower (52 s instead of 2 s); these problems are small, so one thread costs nothing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: one torch/BLAS thread
 
 
 def regression_data(n=30, m=7, d=3, outputs=2, seed=0):

@@ -9,7 +9,8 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 import ntkit as nk
 from ntkit.sklearn import NNGP, NTK
-from test_sklearn_estimators import single_thread  # noqa: F401  (autouse fixture: one torch/BLAS thread)
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py: one torch/BLAS thread
 
 KERNELS = {"ntk": NTK, "nngp": NNGP}
 
