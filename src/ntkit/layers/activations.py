@@ -6,7 +6,8 @@ An activation's kernel rule (Jacot et al. 2018, Prop. 1 and Thm. 1) maps the Gau
     K = E[σ(u)σ(v)],     Θ ← Θ · E[σ'(u)σ'(v)],     (u, v) ~ N(0, [[Σ(x,x), Σ(x,x')], [Σ(x,x'), Σ(x',x')]]),
 
 and the diagonal variances to E[σ(u)²] by a 1-D rule. ``nk.Activation(fn)`` does this for any σ by Gauss–Hermite
-quadrature; the named subclasses use closed forms from :mod:`ntkit.kernels.dual`.
+quadrature and Mehler's series (:mod:`ntkit.kernels.quadrature`); the named subclasses use closed forms from
+:mod:`ntkit.kernels.dual`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch import nn
 from .._validation import check_positive_int
 from ..kernels import dual as duals
 from ..kernels.kernel import KernelState
-from ..kernels.quadrature import derivative_by_autograd, dual_by_quadrature, variance_by_quadrature
+from ..kernels.quadrature import (DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature,
+                                 variance_by_quadrature)
 from .base import Layer
 
 __all__ = ["Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin", "Cos", "Identity", "Tanh", "Sigmoid",
@@ -43,20 +45,26 @@ class ElementwiseModule(nn.Module):
 
 
 class Activation(Layer):
-    """Any elementwise activation σ, with its kernel by 2-D Gauss–Hermite quadrature.
+    """Any elementwise activation σ, with its kernel by Gauss–Hermite quadrature (Mehler's series).
 
     Args:
         fn: elementwise torch function σ.
         derivative: σ' (default: autograd of ``fn``).
-        degree: quadrature points per dimension; the rule is exact for polynomial σσ of degree < 2·degree,
-            and the cost is degree² evaluations per kernel entry.
+        degree: Gauss–Hermite points at unit variance. A pre-activation of variance q > 1 gets
+            degree · 2^⌈log₂ q⌉ points (capped at ``ntkit.kernels.quadrature.MAX_RULE_POINTS``, with a warning
+            giving the expected accuracy when that costs any), because σ(√q z) steepens with q and the error is a
+            function of points / q. The rule is exact for polynomial σ of degree < points; each kernel entry costs
+            at most ``points`` multiply-adds (Hermite coefficients per point, Mehler's series per pair). At the
+            default 128, tanh's K and K̇ are accurate to ~1e-11 relative in float64 at every variance up to 16.
         name: shown in reprs and error messages.
     """
 
-    fusable = False  # the quadrature loop is not an elementwise expression torch.compile should unroll
+    fusable = False  # the series loop is not an elementwise expression torch.compile should unroll
+    # Temporaries of one tile: ρ, ρ², the two Horner accumulators, their products and sums, the outputs.
+    tile_cost = 8
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], derivative: Callable | None = None, *,
-                 degree: int = 64, name: str | None = None):
+                 degree: int = DEFAULT_DEGREE, name: str | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be a callable elementwise function; got {type(fn).__name__}")
         if derivative is not None and not callable(derivative):
@@ -65,10 +73,6 @@ class Activation(Layer):
         self.derivative = derivative if derivative is not None else derivative_by_autograd(fn)
         self.degree = check_positive_int(degree, "degree")
         self.name = name or getattr(fn, "__name__", "Activation")
-
-    @property
-    def tile_cost(self) -> int:  # type: ignore[override]
-        return self.degree + 6
 
     def __repr__(self) -> str:
         return f"Activation({self.name}, degree={self.degree})"
@@ -107,7 +111,7 @@ class _ClosedForm(Activation):
     fusable = True
     tile_cost = 8
 
-    def __init__(self, fn, name: str, degree: int = 64):
+    def __init__(self, fn, name: str, degree: int = DEFAULT_DEGREE):
         super().__init__(fn, degree=degree, name=name)
 
     def __repr__(self) -> str:
@@ -225,7 +229,7 @@ class Identity(_ClosedForm):
 class Tanh(Activation):
     """σ = tanh, by quadrature (no closed form), with σ' = 1 - tanh²."""
 
-    def __init__(self, degree: int = 64):
+    def __init__(self, degree: int = DEFAULT_DEGREE):
         super().__init__(torch.tanh, lambda u: 1.0 - torch.tanh(u) ** 2, degree=degree, name="tanh")
 
     def module(self):
@@ -235,7 +239,7 @@ class Tanh(Activation):
 class Sigmoid(Activation):
     """σ = logistic sigmoid, by quadrature, with σ' = s(1 - s)."""
 
-    def __init__(self, degree: int = 64):
+    def __init__(self, degree: int = DEFAULT_DEGREE):
         super().__init__(torch.sigmoid, lambda u: torch.sigmoid(u) * torch.sigmoid(-u), degree=degree,
                          name="sigmoid")
 
@@ -246,7 +250,7 @@ class Sigmoid(Activation):
 class Softplus(Activation):
     """σ(u) = log(1 + eᵘ), by quadrature, with σ' = sigmoid."""
 
-    def __init__(self, degree: int = 64):
+    def __init__(self, degree: int = DEFAULT_DEGREE):
         super().__init__(F.softplus, torch.sigmoid, degree=degree, name="softplus")
 
     def module(self):

@@ -17,10 +17,10 @@ order of the sklearn kernel's ``theta`` is b_std first; the kernel reorders). Fo
   ρ = c/n, K = n J(ρ) and J' = K̇ (Price's theorem; Cho & Saul 2009):
       dK = K̇ dc + ½ (K − K̇ ρ n)(dq1/q1 + dq2/q2),      dK̇ = (a−b)²/(2π) · dρ / √(1−ρ²),
       dρ = dc/n − ½ ρ (dq1/q1 + dq2/q2).
-* Quadrature duals (tanh, sigmoid, softplus) go through ``torch.func.jvp`` of the 2-D Gauss–Hermite rule where
-  |ρ| < 1. Its √(1−ρ²) has the same 0·∞ at |ρ| = 1; there the tangent comes from the 1-D rule for perfectly
-  (anti-)correlated pre-activations, E[σ(√q1 z) σ(±√q2 z)], whose derivative is the exact one because ρ = ±1 holds
-  for every w_std, b_std near the point (points on one ray from the origin keep ρ = ±1 through every layer).
+* Quadrature duals (tanh, sigmoid, softplus) go through ``torch.func.jvp`` of the library's own rule
+  (:mod:`ntkit.kernels.quadrature`: per-point Hermite coefficients, Mehler's series Σ ρⁿ g_n(q1) g_n(q2)). The
+  series has no √(1−ρ²), so its tangent is finite and exact at ρ = ±1 too; the rule's size per variance is a step
+  function of q and carries no tangent. Variances (the diagonal) use the 1-D rule, as ``Activation.variance``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from torch.func import jvp
 
 from ..kernels.dual import correlation
-from ..kernels.quadrature import hermite_rule
+from ..kernels.quadrature import self_dual_by_quadrature
 from ..layers.activations import Abs, LeakyReLU, ReLU, _ClosedForm, activation_from_name
 
 __all__ = ["mlp_kernel_with_tangents"]
@@ -71,46 +71,23 @@ def _rectified_step(act, slopes, c, q1, q2, dc, dq1, dq2, need_kdot):
     return k, kdot, dk, dkdot
 
 
-def _aligned_dual(act, q1, q2, sign, need_kdot):
-    """(E[σ(u)σ(v)], E[σ'(u)σ'(v)]) for v = sign·√(q2/q1)·u, u ~ N(0, q1): the ρ = ±1 case by the 1-D rule."""
-    nodes, weights = hermite_rule(act.degree, q1.dtype, q1.device)
-    u = torch.sqrt(q1).unsqueeze(-1) * nodes
-    v = (sign * torch.sqrt(q2)).unsqueeze(-1) * nodes
-    k = (act.fn(u) * act.fn(v) * weights).sum(-1)
-    if not need_kdot:
-        return (k,)
-    return k, (act.derivative(u) * act.derivative(v) * weights).sum(-1)
-
-
 def _autodiff_step(act, c, q1, q2, dc, dq1, dq2, need_kdot, same_point):
     def dual(c_, q1_, q2_):
         if same_point and not isinstance(act, _ClosedForm):  # the 1-D rule, as act.variance
-            return _aligned_dual(act, q1_, q2_, 1.0, need_kdot)
-        k, kdot = act.dual(c_, q1_, q2_, derivative=need_kdot)
+            k, kdot = self_dual_by_quadrature(act.fn, act.derivative, q1_, act.degree, need_kdot)
+        else:
+            k, kdot = act.dual(c_, q1_, q2_, derivative=need_kdot)
         return (k, kdot) if need_kdot else (k,)
 
     values, tangents = None, []
     for i in range(_N_TANGENTS):
         values, tangent = jvp(dual, (c, q1, q2), (dc[i], dq1[i], dq2[i]))
-        tangents.append(torch.stack(tangent))  # (outputs, ...)
-    tangents = torch.stack(tangents, 1)  # (outputs, 2, ...)
-    if not isinstance(act, _ClosedForm) and not same_point:
-        rho, _ = correlation(c, q1, q2)
-        aligned = (rho.abs() >= 1.0).expand(tangents.shape[2:])
-        if bool(aligned.any()):
-            shape = aligned.shape
-            idx = aligned.nonzero(as_tuple=True)
-            pick = [t.expand(shape)[idx] for t in (q1, q2)]
-            sign = torch.sign(rho.expand(shape)[idx])
-            for i in range(_N_TANGENTS):
-                picked_tangents = [t[i].expand(shape)[idx] for t in (dq1, dq2)]
-                _, fixed = jvp(lambda a_, b_: _aligned_dual(act, a_, b_, sign, need_kdot), tuple(pick),
-                               tuple(picked_tangents))
-                for out, value in enumerate(fixed):
-                    tangents[out, i][idx] = value
+        tangents.append(tangent)
     k = values[0]
     kdot = values[1] if need_kdot else None
-    return k, kdot, tangents[0], (tangents[1] if need_kdot else None)
+    dk = torch.stack([t[0] for t in tangents])
+    dkdot = torch.stack([t[1] for t in tangents]) if need_kdot else None
+    return k, kdot, dk, dkdot
 
 
 def _activation_step(act, c, q1, q2, dc, dq1, dq2, need_kdot, same_point=False):
