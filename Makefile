@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/analytic_kernel.py
 	$(PY) benchmarks/empirical_ntk.py --skip-slow
 	$(PY) benchmarks/dynamics.py
+	$(PY) benchmarks/tabular.py
 
 clean:
 	rm -rf $(VENV) out
