@@ -118,8 +118,8 @@ class _FullyConnectedKernel(Kernel):
         sq = (x * x).sum(1) / n0
         gram.diagonal().copy_(sq)  # as arch.kernel: a point's self-correlation is exactly 1
         value, tangent = mlp_kernel_with_tangents(gram, sq[:, None], sq[None, :], **self._recursion_options())
-        # Mirror the upper triangle, as arch.kernel(X) does: quadrature duals are not exactly symmetric in
-        # (x, x'), and a GP needs k(X, X) (and its derivatives) exactly symmetric.
+        # Mirror the upper triangle, as arch.kernel(X) does: the Gram product's rounding can differ between (i, j)
+        # and (j, i), and a GP needs k(X, X) (and its derivatives) exactly symmetric.
         value, tangent = _mirror_upper(value), _mirror_upper(tangent)
         # overflow (huge w_std with many layers) must not reach the optimiser as NaN
         check_finite(value, f"{type(self).__name__} kernel value")
