@@ -27,7 +27,7 @@ from .._memory import check_fits
 __all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "new_figure",
            "colormap_colors",
            "progress_bar", "markdown_table", "to_jsonable", "check_networks_fit", "mlp_sizes", "log_log_slope", "Stopwatch",
-           "config_settings", "describe_axes", "DTYPES", "PaperNetwork"]
+           "config_settings", "describe_axes", "DTYPES", "PaperNetwork", "start_run"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -184,6 +184,14 @@ def describe_axes(figure) -> list[dict]:
     return [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
              "legend": ax.get_legend() is not None or bool(figure.legends)}
             for ax in figure.axes if ax.get_label() != "<colorbar>"]
+
+
+def start_run(name: str, configs: dict, out, size: str, config, device):
+    """(stopwatch, config, device, dtype, output folder) of one run: ``configs[size]`` unless ``config`` is given."""
+    clock = Stopwatch()
+    config = configs[check_size(size)] if config is None else config
+    device = resolve_device(device)
+    return clock, config, device, DTYPES[config.dtype], ExperimentOutput(out, name)
 
 
 @dataclass

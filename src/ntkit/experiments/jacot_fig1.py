@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
-                     check_size, config_settings, markdown_table, mlp_sizes, new_figure, progress_bar, resolve_device)
+from .common import (ExperimentResult, PaperNetwork, check_networks_fit, check_size, config_settings, markdown_table,
+                     mlp_sizes, new_figure, progress_bar, start_run)
 
 NAME = "jacot-fig1"
 TITLE = "Jacot et al. 2018, Fig. 1: convergence of the NTK to a fixed limit"
@@ -85,11 +85,7 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
         seed: seeds the training inputs and every network's initialisation (network i uses seed 1000·seed + i).
         device: torch device for the networks and kernels ("cpu", "cuda", ...). progress: tqdm bars.
     """
-    clock = Stopwatch()
-    config = CONFIGS[check_size(size)] if config is None else config
-    device = resolve_device(device)
-    dtype = DTYPES[config.dtype]
-    output = ExperimentOutput(out, NAME)
+    clock, config, device, dtype, output = start_run(NAME, CONFIGS, out, size, config, device)
     for width in config.widths:
         params, activations = mlp_sizes(2, config.hidden_layers, width, 1, config.train_points + config.angles)
         check_networks_fit(params, activations, device, dtype, f"{NAME}'s width-{width} network")

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
-                     check_size, config_settings, markdown_table, mlp_sizes, new_figure, progress_bar, resolve_device)
+from .common import (ExperimentResult, PaperNetwork, check_networks_fit, config_settings, markdown_table, mlp_sizes,
+                     new_figure, progress_bar, start_run)
 
 NAME = "jacot-fig2"
 TITLE = "Jacot et al. 2018, Fig. 2: learned functions against the limiting Gaussian"
@@ -112,11 +112,7 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
         seed: network i is initialised with seed 1000·seed + i.
         device: torch device for the networks and kernels. progress: tqdm bars.
     """
-    clock = Stopwatch()
-    config = CONFIGS[check_size(size)] if config is None else config
-    device = resolve_device(device)
-    dtype = DTYPES[config.dtype]
-    output = ExperimentOutput(out, NAME)
+    clock, config, device, dtype, output = start_run(NAME, CONFIGS, out, size, config, device)
     gamma_train = torch.tensor(config.train_angles, dtype=torch.float64)
     x_train = _on_circle(gamma_train)
     y_train = x_train[:, 0] * x_train[:, 1]

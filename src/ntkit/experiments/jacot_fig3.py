@@ -42,9 +42,8 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
-                     check_size, colormap_colors, config_settings, markdown_table, mlp_sizes, new_figure, progress_bar,
-                     resolve_device)
+from .common import (ExperimentResult, PaperNetwork, check_networks_fit, colormap_colors, config_settings,
+                     markdown_table, mlp_sizes, new_figure, progress_bar, start_run)
 
 NAME = "jacot-fig3"
 TITLE = "Jacot et al. 2018, Fig. 3: kernel principal components of MNIST and convergence along them"
@@ -107,11 +106,7 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     """
     import ntkit as nk
 
-    clock = Stopwatch()
-    config = CONFIGS[check_size(size)] if config is None else config
-    device = resolve_device(device)
-    dtype = DTYPES[config.dtype]
-    output = ExperimentOutput(out, NAME)
+    clock, config, device, dtype, output = start_run(NAME, CONFIGS, out, size, config, device)
     x, labels, source = load_digits(config.digits, seed, device=device)
     n, n0 = x.shape
     if not 1 <= config.target_component <= min(n, TOP):

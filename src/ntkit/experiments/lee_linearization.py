@@ -34,9 +34,8 @@ import numpy as np
 import torch
 
 from ..layers import mlp
-from .common import (DTYPES, ExperimentOutput, ExperimentResult, PaperNetwork, Stopwatch, check_networks_fit,
-                     check_size, colormap_colors, config_settings, log_log_slope, markdown_table, mlp_sizes, new_figure,
-                     progress_bar, resolve_device)
+from .common import (ExperimentResult, PaperNetwork, check_networks_fit, colormap_colors, config_settings,
+                     log_log_slope, markdown_table, mlp_sizes, new_figure, progress_bar, start_run)
 from .jacot_fig3 import load_digits
 
 NAME = "lee-linearization"
@@ -77,11 +76,7 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
     """
     import ntkit as nk
 
-    clock = Stopwatch()
-    config = CONFIGS[check_size(size)] if config is None else config
-    device = resolve_device(device)
-    dtype = DTYPES[config.dtype]
-    output = ExperimentOutput(out, NAME)
+    clock, config, device, dtype, output = start_run(NAME, CONFIGS, out, size, config, device)
     if config.records < 1 or config.steps % config.records:
         raise ValueError(f"steps ({config.steps}) must be a positive multiple of records ({config.records})")
     x, labels, source = load_digits(config.train_points + config.test_points, seed, device=device)
