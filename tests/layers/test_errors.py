@@ -151,3 +151,18 @@ def test_request_too_big_for_memory_is_refused_with_an_estimate():
     x = torch.zeros(1, 3).expand(3_000_000, 3)  # 3e6² outputs = 36 TB of float32: refused before allocating
     with pytest.raises(MemoryError, match=r"needs about [0-9.]+ GiB but only .* free"):
         ARCH.kernel(x)
+
+
+@pytest.mark.filterwarnings("ignore:ntkit. quadrature dual kernel:RuntimeWarning")  # tanh at q ~ 1e6: capped rule
+@pytest.mark.parametrize("activation", ["relu", "erf", "tanh"])
+def test_overflow_is_refused_not_returned_as_nan(activation):
+    """w_std = 1e20 makes w_std² = 1e40 > float32's largest value (3.4e38) at the first layer: the recursion would
+    return inf/NaN (inf − inf inside the dual kernels). It must be refused; a large but representable setting in
+    float64 must still come back finite."""
+    huge = nk.mlp(3, 16, activation=activation, w_std=1e20)
+    with pytest.raises(FloatingPointError, match=r"overflowed.*smaller w_std"):
+        huge.kernel(X)
+    with pytest.raises(FloatingPointError, match="overflowed"):
+        huge.kernel(X, X[:2], get="nngp")
+    large = nk.mlp(3, 16, activation=activation, w_std=1e3)
+    assert torch.isfinite(large.kernel(X.double()).ntk).all()

@@ -118,7 +118,23 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 out[cols, rows] = value.T
     if symmetric:
         _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile)
+    for name, out in (("NNGP", out_nngp), ("NTK", out_ntk)):
+        _check_no_overflow(out, name, arch)
     return Kernel(nngp=out_nngp, ntk=out_ntk)
+
+
+def _check_no_overflow(out: torch.Tensor | None, name: str, arch) -> None:
+    """Refuse a kernel that left the dtype's range instead of returning inf or NaN.
+
+    The inputs are checked finite before any work, so a non-finite entry can only come from overflow: the kernels
+    grow like w_std^(2L) and with |x|²/n0, and inf − inf or 0·inf then turns into NaN further down the recursion."""
+    if out is None or bool(torch.isfinite(out).all()):
+        return
+    count = int((~torch.isfinite(out)).sum())
+    raise FloatingPointError(
+        f"the infinite-width {name} of {arch!r} overflowed {out.dtype} ({count} non-finite entries): the kernel "
+        "grows like w_std^(2·layers) and with |x|²/n0. Use smaller w_std / b_std, fewer layers, standardised "
+        "inputs, or float64 inputs.")
 
 
 def _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile: int) -> None:

@@ -126,8 +126,9 @@ def rule_points(q: Tensor, degree: int) -> Tensor:
     max(MAX_RULE_POINTS, degree). Integer tensor shaped like ``q`` (no gradient flows through it)."""
     q = q.detach()
     if not bool(torch.isfinite(q).all()):
-        raise ValueError("quadrature activation: a pre-activation variance is not finite (inf or NaN); the layers "
-                         "before it overflowed (reduce w_std / b_std or the depth, or scale the inputs)")
+        raise FloatingPointError("quadrature activation: a pre-activation variance overflowed (inf or NaN): the "
+                                 "layers before it grow like w_std^2 each; use smaller w_std / b_std, fewer layers, "
+                                 "standardised inputs, or float64 inputs")
     octaves = torch.ceil(torch.log2(torch.clamp(q, min=1.0))).clamp(max=62)
     points = degree * torch.pow(2.0, octaves)
     return torch.clamp(points, max=max(MAX_RULE_POINTS, degree)).to(torch.int64)

@@ -24,8 +24,7 @@ from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..layers import mlp
-from .kernels import as_tensor, check_architecture
+from .kernels import as_tensor, check_architecture, fully_connected
 
 __all__ = ["NTKRegressor", "NTKClassifier"]
 
@@ -69,9 +68,7 @@ class _KernelMachine(BaseEstimator):
 
     def _kernel(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
         """The (N1, N2) float64 NTK or NNGP of ``nk.mlp(hidden_layers, ., activation, w_std, b_std)``."""
-        # width=1: the NTK-parameterisation limit does not depend on the width
-        arch = mlp(int(self.hidden_layers), 1, activation=self.activation, w_std=float(self.w_std),
-                   b_std=float(self.b_std))
+        arch = fully_connected(self.hidden_layers, self.activation, self.w_std, self.b_std)
         x2 = None if x2 is None else as_tensor(x2)
         return arch.kernel(as_tensor(x1), x2, get=self.kernel)[self.kernel]
 

@@ -38,6 +38,12 @@ def check_architecture(hidden_layers, activation, w_std, b_std, owner: str) -> N
             raise ValueError(f"{owner}: {name} must be a finite non-negative number; got {value!r}")
 
 
+def fully_connected(hidden_layers, activation, w_std, b_std):
+    """``nk.mlp`` of the given depth and activation. Width 1: in the NTK parameterisation the limit does not
+    depend on the width, so any width describes the same kernels."""
+    return mlp(int(hidden_layers), 1, activation=activation, w_std=float(w_std), b_std=float(b_std))
+
+
 def as_float64_inputs(X, name: str) -> torch.Tensor:
     """A (N, d) float64 tensor from what sklearn passes a kernel (a 2-D array)."""
     array = np.asarray(X, dtype=np.float64)
@@ -93,10 +99,6 @@ class _FullyConnectedKernel(Kernel):
                                  f"its log); got {getattr(self, hyper.name)!r}. Use {hyper.name}_bounds='fixed' "
                                  "to keep it at 0.")
 
-    def _architecture(self):
-        # width=1: in the NTK parameterisation the limit does not depend on the width
-        return mlp(int(self.hidden_layers), 1, activation=self.activation, w_std=float(self.w_std),
-                   b_std=float(self.b_std))
 
     def __call__(self, X, Y=None, eval_gradient=False):
         """k(X, Y), shape (n_X, n_Y); with ``eval_gradient`` (Y must be None) also ∂k/∂theta, (n_X, n_X, n_free)."""
@@ -109,7 +111,8 @@ class _FullyConnectedKernel(Kernel):
         y = None if Y is None else as_float64_inputs(Y, "Y")
         if y is not None and y.shape[1] != x.shape[1]:
             raise ValueError(f"X has {x.shape[1]} features but Y has {y.shape[1]}")
-        value = self._architecture().kernel(x, y, get=self.kind)[self.kind]
+        arch = fully_connected(self.hidden_layers, self.activation, self.w_std, self.b_std)
+        value = arch.kernel(x, y, get=self.kind)[self.kind]
         return value.numpy()
 
     def _value_and_gradient(self, x: torch.Tensor):
