@@ -13,8 +13,8 @@ Conventions (Jacot, Gabriel & Hongler 2018): z = (w_std/√n) W a + b_std b with
 from importlib import import_module
 
 from .kernels import Kernel
-from .layers import (Abs, Activation, Cos, Dense, Erf, GELU, Identity, Layer, LeakyReLU, ReLU, Serial, Sigmoid, Sin,
-                     Softplus, Tanh, mlp)
+from .layers import (Abs, Activation, AvgPool1d, AvgPool2d, Conv1d, Conv2d, Cos, Dense, Erf, Flatten, GELU,
+                     GlobalAvgPool, Identity, Layer, LeakyReLU, ReLU, Serial, Sigmoid, Sin, Softplus, Tanh, mlp)
 
 __version__ = "0.1.0"
 
@@ -48,5 +48,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'ntkit' has no attribute {name!r}")
 
 
-__all__ = ["Kernel", "Layer", "Serial", "Dense", "mlp", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin",
+__all__ = ["Kernel", "Layer", "Serial", "Dense", "mlp", "Conv1d", "Conv2d", "AvgPool1d", "AvgPool2d", "GlobalAvgPool",
+           "Flatten", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin",
            "Cos", "Identity", "Tanh", "Sigmoid", "Softplus", *_LAZY]

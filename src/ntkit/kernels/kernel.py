@@ -34,12 +34,19 @@ class Kernel:
 class KernelState:
     """The recursion's state on one tile of the N1×N2 grid, passed from layer rule to layer rule.
 
-    nngp: (t1, t2) covariance of the current representation between the two tiles' points
-    ntk:  (t1, t2) NTK so far, or None when only the NNGP is wanted
-    var1: (t1, 1) and var2: (1, t2) the diagonal variances E[z(x)²], propagated by the cheap 1-D rules
-    width: the number of features of the current representation (the fan-in of the next Dense layer)
-    gaussian: True when the representation is a Dense output, i.e. Gaussian in the limit, so that an
-        activation's dual kernel applies to it
+    nngp: (t1, t2, *pair) covariance of the current representation between the two tiles' points; ``pair`` is
+        empty for the flat form, (S₁, S₂) for the diagonal and (S₁, S₁', S₂, S₂') for the full spatial form
+        (:mod:`ntkit.kernels.spatial`)
+    ntk:  the NTK so far in the same layout (the float 0.0 before the first weight layer), or None when only
+        the NNGP is wanted
+    var1: (t1, 1, ...) and var2: (1, t2, ...) the variances E[z(x, p)²] per position, laid out to broadcast
+        against ``nngp``; propagated by the cheap 1-D rules for flat inputs, supplied by ``tape`` otherwise
+    width: features of the current representation (channels for spatial states): the fan-in of the next layer
+        per position/tap
+    gaussian: True when the representation is a Dense/Conv output (or a pooling of one), i.e. Gaussian in the
+        limit, so that an activation's dual kernel applies to it
+    form: "flat", "diagonal" or "full"; spatial: the spatial sizes (empty when flat)
+    tape: the spatial engine's source of per-position variances (:mod:`ntkit.kernels.spatial_evaluate`)
     """
 
     nngp: Tensor
@@ -48,6 +55,9 @@ class KernelState:
     var2: Tensor
     width: int
     gaussian: bool
+    form: str = "flat"
+    spatial: tuple[int, ...] = ()
+    tape: object = None
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)

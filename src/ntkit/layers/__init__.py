@@ -2,9 +2,12 @@
 
 from .activations import (ACTIVATION_NAMES, Abs, Activation, Cos, Erf, GELU, Identity, LeakyReLU, ReLU, Sigmoid, Sin,
                           Softplus, Tanh, activation_from_name)
-from .base import Layer, Serial
+from .base import Layer, Serial, Signature
+from .conv import Conv1d, Conv2d, ConvModule
 from .dense import Dense, DenseModule
 from .mlp import mlp
+from .pooling import AvgPool1d, AvgPool2d, Flatten, GlobalAvgPool
 
-__all__ = ["Layer", "Serial", "Dense", "DenseModule", "mlp", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU",
+__all__ = ["Layer", "Serial", "Signature", "Dense", "DenseModule", "mlp", "Conv1d", "Conv2d", "ConvModule",
+           "AvgPool1d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU",
            "Sin", "Cos", "Identity", "Tanh", "Sigmoid", "Softplus", "activation_from_name", "ACTIVATION_NAMES"]

@@ -23,7 +23,7 @@ from ..kernels import dual as duals
 from ..kernels.kernel import KernelState
 from ..kernels.quadrature import (DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature,
                                  variance_by_quadrature)
-from .base import Layer
+from .base import Layer, Signature
 
 __all__ = ["Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin", "Cos", "Identity", "Tanh", "Sigmoid",
            "Softplus", "ElementwiseModule", "activation_from_name", "ACTIVATION_NAMES"]
@@ -81,8 +81,8 @@ class Activation(Layer):
     def module(self) -> nn.Module:
         return ElementwiseModule(self.fn, self.name)
 
-    def build_module(self, in_features, generator, dtype, device):
-        return self.module(), in_features
+    def build_module(self, in_shape, generator, dtype, device):
+        return self.module(), in_shape
 
     def dual(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, derivative: bool = True):
         """(E[σ(u)σ(v)], E[σ'(u)σ'(v)] or None) for (u, v) ~ N(0, [[q1, c], [c, q2]])."""
@@ -92,13 +92,12 @@ class Activation(Layer):
         """E[σ(u)²] for u ~ N(0, q)."""
         return variance_by_quadrature(self.fn, q, self.degree)
 
-    def check_order(self, width, gaussian, position):
-        if not gaussian:
-            where = "at the start of the network" if position == 0 else "right after another activation"
+    def infer(self, signature: Signature, where: str) -> Signature:
+        if not signature.gaussian:
             raise ValueError(
-                f"layer {position} ({self!r}) is {where}: an activation's kernel rule needs Gaussian "
-                f"pre-activations, so it must follow a Dense layer")
-        return width, False
+                f"{where} does not follow a Dense or Conv layer (it is first, after another activation, or after "
+                "Flatten): an activation's kernel rule needs Gaussian pre-activations")
+        return signature.replace(gaussian=False)
 
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         k, kdot = self.dual(state.nngp, state.var1, state.var2, derivative=need_ntk)

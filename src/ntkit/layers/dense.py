@@ -9,7 +9,7 @@ from torch import nn
 
 from .._validation import check_nonnegative_float, check_positive_int
 from ..kernels.kernel import KernelState
-from .base import Layer
+from .base import Layer, Signature
 
 __all__ = ["Dense", "DenseModule", "PARAMETERIZATIONS"]
 
@@ -78,7 +78,8 @@ class Dense(Layer):
         extra = "" if self.parameterization == "ntk" else f", parameterization={self.parameterization!r}"
         return f"Dense({self.out_features}, w_std={self.w_std:g}, b_std={self.b_std:g}{extra})"
 
-    def build_module(self, in_features, generator, dtype, device):
+    def build_module(self, in_shape, generator, dtype, device):
+        in_features = in_shape[0]
         # Drawn in float64 on the CPU, then cast and moved: one seed gives the same network in every dtype/device.
         weight = torch.randn(self.out_features, in_features, generator=generator, dtype=torch.float64)
         bias = torch.randn(self.out_features, generator=generator, dtype=torch.float64)
@@ -90,10 +91,16 @@ class Dense(Layer):
             weight_scale, bias_scale = 1.0, 1.0
         module = DenseModule(in_features, self.out_features, weight_scale, bias_scale,
                              weight.to(device=device, dtype=dtype), bias.to(device=device, dtype=dtype))
-        return module, self.out_features
+        return module, (self.out_features,)
 
-    def check_order(self, width, gaussian, position):
-        return self.out_features, True
+    def infer(self, signature: Signature, where: str) -> Signature:
+        if signature.spatial:
+            raise ValueError(f"{where} needs a flat input but receives shape {signature.shape}: put nk.Flatten() "
+                             "or nk.GlobalAvgPool() before it")
+        return Signature(self.out_features, (), gaussian=True)
+
+    def input_form(self, out_form: str) -> str:
+        return "flat"
 
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         w2, b2 = self.w_std ** 2, self.b_std ** 2
