@@ -47,6 +47,8 @@ class KernelState:
         limit, so that an activation's dual kernel applies to it
     form: "flat", "diagonal" or "full"; spatial: the spatial sizes (empty when flat)
     tape: the spatial engine's source of per-position variances (:mod:`ntkit.kernels.spatial_evaluate`)
+    inputs: (x1 tile, x2 tile, aligned) while ``nngp`` is still None: the spatial engine defers the input
+        covariance so that a first Conv can compute its output covariance from patches in one product
     """
 
     nngp: Tensor
@@ -58,6 +60,7 @@ class KernelState:
     form: str = "flat"
     spatial: tuple[int, ...] = ()
     tape: object = None
+    inputs: tuple | None = None
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)

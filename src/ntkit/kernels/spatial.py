@@ -6,8 +6,9 @@ of x and p' of x': K[p, p'] (DESIGN.md, "Spatial kernels"). A tile of t1 × t2 p
 * ``"flat"``     (t1, t2): no spatial axes (after Flatten, GlobalAvgPool, or for (N, d) inputs);
 * ``"diagonal"`` (t1, t2, S₁[, S₂]): only p = p'. Conv and activation rules map the diagonal to the diagonal, and a
   Flatten readout needs nothing else, so a network without pooling costs O(|S|) per pair;
-* ``"full"``     (t1, t2, S₁, S₁', S₂, S₂'): every (p, p'), axis pairs interleaved as in neural-tangents, so that
-  each rule works on one (s, s') plane at a time. Pooling (which mixes positions) needs it: O(|S|²) per pair.
+* ``"full"``     (t1, t2, S₁, S₂, S₁', S₂'): every (p, p') in the order of the input Gram x[:, p]·x'[:, p'] (so a
+  one-pair tile comes out of the Gram product without a transpose). Pooling (which mixes positions) needs it:
+  O(|S|²) per pair.
 
 Per-position variances q(x, p) = K(x, x)[p, p] travel beside the pair state as ``var1`` (t1, 1, ...) and ``var2``
 (1, t2, ...), laid out by :func:`variance_layout` so that they broadcast against the pair state: an activation's
@@ -19,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
@@ -65,11 +65,10 @@ def input_covariance(x1: Tensor, x2: Tensor, form: str, aligned: bool = False) -
     else:
         # One GEMM: (t1·P, C) @ (C, t2·P), then the pair axes to the front.
         cov = (a.transpose(1, 2).reshape(-1, channels) @ b.permute(1, 0, 2).reshape(channels, -1))
-        cov = cov.reshape(a.shape[0], a.shape[2], b.shape[0], b.shape[2]).permute(0, 2, 1, 3)
-    cov = cov.reshape(*cov.shape[:2], *spatial, *spatial) / channels
-    d = len(spatial)
-    order = [0, 1] + [i for axis in range(d) for i in (2 + axis, 2 + d + axis)]
-    return cov.permute(order).contiguous()
+        cov = cov.reshape(a.shape[0], a.shape[2], b.shape[0], b.shape[2]).transpose(1, 2)
+        if cov.shape[0] > 1 and cov.shape[1] > 1:
+            cov = cov.contiguous()
+    return cov.reshape(*cov.shape[:2], *spatial, *spatial).div_(channels)
 
 
 def variance_layout(v: Tensor, form: str, side: int, aligned: bool = False) -> Tensor:
@@ -80,14 +79,14 @@ def variance_layout(v: Tensor, form: str, side: int, aligned: bool = False) -> T
     lead = (t, 1) if side == 1 or aligned else (1, t)
     if form in ("flat", "diagonal"):
         return v.reshape(*lead, *spatial)
-    shape = [s for size in spatial for s in ((size, 1) if side == 1 else (1, size))]
-    return v.reshape(*lead, *shape)
+    ones = (1,) * len(spatial)
+    return v.reshape(*lead, *(spatial + ones if side == 1 else ones + spatial))
 
 
 def diagonal(state: Tensor, spatial_dims: int) -> Tensor:
-    """(a, b, S₁, S₁', S₂, S₂') -> (a, b, S₁, S₂): the entries with p = p'."""
-    for _ in range(spatial_dims):
-        state = state.diagonal(0, 2, 3)  # moves the (s, s) diagonal of the first plane to the end
+    """(a, b, S₁, S₂, S₁', S₂') -> (a, b, S₁, S₂): the entries with p = p'."""
+    for taken in range(spatial_dims):
+        state = state.diagonal(0, 2, 2 + spatial_dims - taken)  # the (s, s') diagonal of the next axis, to the end
     return state
 
 
@@ -100,39 +99,71 @@ def to_form(state: Tensor, form: str, wanted: str, spatial_dims: int) -> Tensor:
     raise RuntimeError(f"ntkit planning error: a {form} state cannot serve a layer that needs the {wanted} form")
 
 
-def _pad_dims(x: Tensor, dims: tuple[int, ...], pad: tuple[int, int]) -> Tensor:
-    if pad == (0, 0):
-        return x
-    widths = [0] * (2 * x.ndim)
-    for dim in dims:
-        position = 2 * (x.ndim - 1 - dim)  # F.pad lists the last axis first
-        widths[position], widths[position + 1] = pad
-    return F.pad(x, widths)
-
-
-def _windows(x: Tensor, dims: tuple[int, ...], size: int, stride: int, pad: tuple[int, int]) -> Tensor:
-    """Σ_{d < size} x[..., u·stride + d, ...] taken on every axis in ``dims`` with the same offset d."""
-    x = _pad_dims(x, dims, pad)
-    n = x.shape[dims[0]]
-    outputs = (n - size) // stride + 1
+def _tap_ranges(n: int, size: int, stride: int, pad: tuple[int, int]):
+    """For each tap d: the outputs u0:u1 it reaches and the first input index (u·stride + d − left ∈ [0, n))."""
+    outputs = (n + pad[0] + pad[1] - size) // stride + 1
     if outputs < 1:
         raise RuntimeError("ntkit planning error: window larger than the padded input")
+    ranges = []
+    for d in range(size):
+        u0 = max(0, -(-(pad[0] - d) // stride))
+        u1 = min(outputs, (n - 1 - d + pad[0]) // stride + 1)
+        if u1 > u0:
+            ranges.append((u0, u1, u0 * stride + d - pad[0]))
+    return outputs, ranges
+
+
+def _windows(x: Tensor, dims: tuple[int, ...], size: int, stride: int, pad: tuple[int, int],
+             scale: float = 1.0) -> Tensor:
+    """Σ_{d < size} x_pad[..., u·stride + d, ...] on every axis in ``dims`` with the same tap d, zero padding
+    included. Each tap adds a strided slice of x into the part of the output it reaches, so the padded copy is
+    never made; a tap that reaches every output starts the sum (no zero fill). The sum is multiplied by
+    ``scale`` on the way (one pass fewer than scaling it afterwards)."""
+    outputs, ranges = _tap_ranges(x.shape[dims[0]], size, stride, pad)
+    ranges.sort(key=lambda r: r[1] - r[0], reverse=True)
     total = None
-    for offset in range(size):
-        index = [slice(None)] * x.ndim
+    parts = []
+    for u0, u1, i0 in ranges:
+        source = [slice(None)] * x.ndim
+        target = [slice(None)] * x.ndim
         for dim in dims:
-            index[dim] = slice(offset, offset + stride * (outputs - 1) + 1, stride)
-        part = x[tuple(index)]
-        total = part.clone() if total is None else total.add_(part)
+            source[dim] = slice(i0, i0 + stride * (u1 - u0 - 1) + 1, stride)
+            target[dim] = slice(u0, u1)
+        parts.append((u1 - u0 == outputs, tuple(source), tuple(target)))
+    if len(parts) >= 2 and parts[0][0] and parts[1][0]:  # two full taps: one allocating add starts the sum
+        total = torch.add(x[parts[0][1]], x[parts[1][1]])
+        if scale != 1.0:
+            total.mul_(scale)
+        parts = parts[2:]
+    for full, source, target in parts:
+        part = x[source]
+        if total is None:
+            if full:
+                total = torch.mul(part, scale) if scale != 1.0 else part.clone(memory_format=torch.contiguous_format)
+                continue
+            shape = list(x.shape)
+            for dim in dims:
+                shape[dim] = outputs
+            total = x.new_zeros(shape)
+        if scale != 1.0:
+            total[target].add_(part, alpha=scale)
+        else:
+            total[target] += part
+    if total is None:  # every tap falls in the padding
+        shape = list(x.shape)
+        for dim in dims:
+            shape[dim] = outputs
+        total = x.new_zeros(shape)
     return total
 
 
-def window_sum(x: Tensor, dim: int, size: int, stride: int, pad: tuple[int, int]) -> Tensor:
-    """Sum over windows along one axis, zero padding included: out[u] = Σ_{d<size} x_pad[u·stride + d]."""
-    return _windows(x, (dim,), size, stride, pad)
+def window_sum(x: Tensor, dim: int, size: int, stride: int, pad: tuple[int, int], scale: float = 1.0) -> Tensor:
+    """Sum over windows along one axis, zero padding included: out[u] = scale · Σ_{d<size} x_pad[u·stride + d]."""
+    return _windows(x, (dim,), size, stride, pad, scale)
 
 
-def diagonal_window_sum(x: Tensor, dim: int, size: int, stride: int, pad: tuple[int, int]) -> Tensor:
-    """The conv rule's box filter along the diagonal of the (dim, dim + 1) plane:
-    out[u, u'] = Σ_{d<size} x_pad[u·stride + d, u'·stride + d] (the same tap d on both sides)."""
-    return _windows(x, (dim, dim + 1), size, stride, pad)
+def diagonal_window_sum(x: Tensor, dims: tuple[int, int], size: int, stride: int, pad: tuple[int, int],
+                        scale: float = 1.0) -> Tensor:
+    """The conv rule's box filter along the diagonal of the (s, s') plane on axes ``dims``:
+    out[u, u'] = scale · Σ_{d<size} x_pad[u·stride + d, u'·stride + d] (the same tap d on both sides)."""
+    return _windows(x, dims, size, stride, pad, scale)

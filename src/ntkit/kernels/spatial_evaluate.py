@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .._memory import check_fits
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
-from .spatial import diagonal, input_covariance, pair_size, variance_layout
+from .spatial import diagonal, pair_size, variance_layout
 
 __all__ = ["evaluate_spatial", "RecordingTape", "ReplayTape", "plan_tile"]
 
@@ -45,7 +45,7 @@ class RecordingTape:
 
     def supply(self, state: KernelState) -> KernelState:
         own = diagonal(state.nngp, len(state.spatial)) if state.form == "full" else state.nngp
-        v = own[:, 0]
+        v = own[:, 0].clone()  # the state is overwritten in place by the next rules
         self.values.append(v)
         return state.replace(var1=variance_layout(v, state.form, 1, aligned=True),
                              var2=variance_layout(v, state.form, 2, aligned=True))
@@ -79,21 +79,21 @@ def plan_tile(n1: int, n2: int, per_pair: int, batch_size: int | None) -> tuple[
     return rows, cols
 
 
-def _initial_state(cov: torch.Tensor, need_ntk: bool, channels: int, form: str, spatial, tape) -> KernelState:
-    return KernelState(nngp=cov, ntk=0.0 if need_ntk else None, var1=None, var2=None, width=channels,
-                       gaussian=False, form=form, spatial=spatial, tape=tape)
+def _initial_state(x1: torch.Tensor, x2: torch.Tensor, aligned: bool, need_ntk: bool, tape) -> KernelState:
+    """The state before the first layer: the inputs themselves (their covariance is formed by the first layer's
+    ``apply_layer``, or never, when a first Conv reads its patches directly)."""
+    return KernelState(nngp=None, ntk=0.0 if need_ntk else None, var1=None, var2=None, width=x1.shape[1],
+                       gaussian=False, form="full", spatial=tuple(x1.shape[2:]), tape=tape,
+                       inputs=(x1, x2, aligned))
 
 
-def _self_variances(arch, x: torch.Tensor, form: str, chunk: int) -> list[torch.Tensor]:
+def _self_variances(arch, x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
     """The tape of the self pass: for each layer in visiting order, q(x, p) for every point, (N, *S_layer)."""
-    channels, spatial = x.shape[1], tuple(x.shape[2:])
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, x.shape[0], chunk):
         part = x[start:start + chunk]
         tape = RecordingTape()
-        state = _initial_state(input_covariance(part, part, form, aligned=True), False, channels, form, spatial,
-                               tape)
-        arch.spatial_rule(state, False, "flat")
+        arch.spatial_rule(_initial_state(part, part, True, False, tape), False, "flat")
         chunks.append(tape.values)
     return [torch.cat(values) for values in zip(*chunks)]
 
@@ -105,7 +105,7 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     if symmetric:
         x2 = x1
     n1, n2 = x1.shape[0], x2.shape[0]
-    channels, spatial = x1.shape[1], tuple(x1.shape[2:])
+    spatial = tuple(x1.shape[2:])
     need_ntk = "ntk" in get
     form = arch.input_form("flat")
     per_pair = pair_size(spatial, form) * _WORKING_COPIES
@@ -117,8 +117,8 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
                "Ask for one kernel (get='ntk'), a smaller batch_size, or compute blocks of rows of x1 in turn.")
 
     self_chunk = max(1, TILE_ELEMENTS // per_pair)
-    records1 = _self_variances(arch, x1, form, self_chunk)
-    records2 = records1 if symmetric else _self_variances(arch, x2, form, self_chunk)
+    records1 = _self_variances(arch, x1, self_chunk)
+    records2 = records1 if symmetric else _self_variances(arch, x2, self_chunk)
 
     out = {name: torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) for name in get}
     tiles = [(i, j) for i in range(0, n1, rows_per_tile) for j in range(0, n2, cols_per_tile)
@@ -127,8 +127,7 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     for i, j in tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False):
         rows, cols = slice(i, min(i + rows_per_tile, n1)), slice(j, min(j + cols_per_tile, n2))
         tape = ReplayTape(records1, records2, rows, cols)
-        state = _initial_state(input_covariance(x1[rows], x2[cols], form), need_ntk, channels, form, spatial, tape)
-        state = arch.spatial_rule(state, need_ntk, "flat")
+        state = arch.spatial_rule(_initial_state(x1[rows], x2[cols], False, need_ntk, tape), need_ntk, "flat")
         for name, value in (("nngp", state.nngp), ("ntk", state.ntk)):
             if name in out:
                 out[name][rows, cols] = value

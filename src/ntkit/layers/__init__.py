@@ -7,7 +7,8 @@ from .conv import Conv1d, Conv2d, ConvModule
 from .dense import Dense, DenseModule
 from .mlp import mlp
 from .pooling import AvgPool1d, AvgPool2d, Flatten, GlobalAvgPool
+from .presets import cnn, myrtle
 
 __all__ = ["Layer", "Serial", "Signature", "Dense", "DenseModule", "mlp", "Conv1d", "Conv2d", "ConvModule",
-           "AvgPool1d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU",
+           "AvgPool1d", "AvgPool2d", "GlobalAvgPool", "Flatten", "myrtle", "cnn", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU",
            "Sin", "Cos", "Identity", "Tanh", "Sigmoid", "Softplus", "activation_from_name", "ACTIVATION_NAMES"]

@@ -61,6 +61,7 @@ class Activation(Layer):
     """
 
     fusable = False  # the series loop is not an elementwise expression torch.compile should unroll
+    needs_variances = True
     # Temporaries of one tile: ρ, ρ², the two Horner accumulators, their products and sums, the outputs.
     tile_cost = 8
 
@@ -104,6 +105,15 @@ class Activation(Layer):
         return state.replace(nngp=k, ntk=state.ntk * kdot if need_ntk else None,
                              var1=self.variance(state.var1), var2=self.variance(state.var2), gaussian=False)
 
+    def dual_inplace(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, derivative: bool = True):
+        """``dual`` that may overwrite ``c`` (the spatial engine owns its states); the same values otherwise."""
+        return self.dual(c, q1, q2, derivative)
+
+    def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
+        # The spatial engine's tape supplies the variances before every layer, so none are propagated here.
+        k, kdot = self.dual_inplace(state.nngp, state.var1, state.var2, derivative=need_ntk)
+        return state.replace(nngp=k, ntk=state.ntk.mul_(kdot) if need_ntk else None, gaussian=False)
+
 
 class _ClosedForm(Activation):
     """An activation whose dual kernel has a closed form; subclasses set ``_fn`` and implement ``dual``."""
@@ -139,6 +149,9 @@ class ReLU(_ClosedForm):
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, 1.0, 0.0, derivative)
 
+    def dual_inplace(self, c, q1, q2, derivative=True):
+        return duals.rectified_(c, q1, q2, 1.0, 0.0, derivative)
+
 
 class LeakyReLU(_ClosedForm):
     """σ(u) = max(u, 0) + s·min(u, 0) with s = ``negative_slope``."""
@@ -159,6 +172,9 @@ class LeakyReLU(_ClosedForm):
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, 1.0, self.negative_slope, derivative)
 
+    def dual_inplace(self, c, q1, q2, derivative=True):
+        return duals.rectified_(c, q1, q2, 1.0, self.negative_slope, derivative)
+
 
 class Abs(_ClosedForm):
     """σ(u) = |u|."""
@@ -168,6 +184,9 @@ class Abs(_ClosedForm):
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, 1.0, -1.0, derivative)
+
+    def dual_inplace(self, c, q1, q2, derivative=True):
+        return duals.rectified_(c, q1, q2, 1.0, -1.0, derivative)
 
 
 class Erf(_ClosedForm):

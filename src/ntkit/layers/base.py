@@ -14,7 +14,7 @@ from torch import nn
 
 from .._validation import as_input_tensor, check_pair, check_positive_int
 from ..kernels.kernel import Kernel, KernelState
-from ..kernels.spatial import to_form
+from ..kernels.spatial import input_covariance, to_form
 
 __all__ = ["Layer", "Serial", "Signature", "parse_get", "apply_layer", "as_shape"]
 
@@ -67,7 +67,8 @@ class Layer:
 
     fusable: bool = True
     tile_cost: int = 8
-    uses_tape: bool = True  # leaves read per-position variances; composites (Residual) pass them to their children
+    needs_variances: bool = False  # whether the rule reads var1/var2 (the spatial engine's tape supplies them)
+    reads_inputs: bool = False  # whether input_rule can start from the raw inputs (see apply_layer)
 
     def build_module(self, in_shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
                      device: torch.device) -> tuple[nn.Module, tuple[int, ...]]:
@@ -78,6 +79,10 @@ class Layer:
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
         return self.kernel_rule(state, need_ntk)
+
+    def input_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
+        """The rule applied to the network's inputs (``state.inputs``) when ``reads_inputs``; see ``nk.Conv2d``."""
+        raise NotImplementedError
 
     def infer(self, signature: Signature, where: str) -> Signature:
         return signature
@@ -106,13 +111,19 @@ def describe(position: int, layer: Layer, prefix: str = "") -> str:
 
 def apply_layer(layer: Layer, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
     """Run one layer's rule in the spatial engine: bring the state to the form the layer needs, let the tape supply
-    the per-position variances of its input, apply the rule."""
+    the per-position variances of its input, apply the rule. A first layer that ``reads_inputs`` gets the raw
+    inputs; any other first layer gets their covariance Σ⁽⁰⁾."""
     wanted = layer.input_form(out_form)
+    if state.nngp is None:
+        if layer.reads_inputs:
+            return layer.input_rule(state.replace(form=wanted), need_ntk)
+        x1, x2, aligned = state.inputs
+        state = state.replace(nngp=input_covariance(x1, x2, wanted, aligned), form=wanted, inputs=None)
     if state.form != wanted and state.form != "flat":
         dims = len(state.spatial)
         ntk = state.ntk if not isinstance(state.ntk, torch.Tensor) else to_form(state.ntk, state.form, wanted, dims)
         state = state.replace(nngp=to_form(state.nngp, state.form, wanted, dims), ntk=ntk, form=wanted)
-    if layer.uses_tape and state.tape is not None:
+    if layer.needs_variances and state.tape is not None:
         state = state.tape.supply(state)
     return layer.spatial_rule(state, need_ntk, out_form)
 

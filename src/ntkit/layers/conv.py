@@ -20,7 +20,7 @@ from torch import nn
 
 from .._validation import check_nonnegative_float, check_positive_int
 from ..kernels.kernel import KernelState
-from ..kernels.spatial import diagonal_window_sum, window_sum
+from ..kernels.spatial import diagonal_window_sum, input_covariance, window_sum
 from .base import Layer, Signature
 from .dense import PARAMETERIZATIONS
 
@@ -88,6 +88,7 @@ class ConvModule(nn.Module):
 class _Conv(Layer):
     dims = 0
     tile_cost = 3
+    reads_inputs = True
 
     def __init__(self, out_channels: int, kernel_size=3, stride=1, padding="same", w_std: float = 1.0,
                  b_std: float = 0.0, parameterization: str = "ntk"):
@@ -157,31 +158,64 @@ class _Conv(Layer):
         out = self.infer(Signature(channels, spatial), "")
         return module, out.shape
 
-    def _box(self, t: torch.Tensor, state: KernelState, pads) -> torch.Tensor:
-        """(1/k) Σ_d t[p·s + d, p'·s + d]: one separable pass per spatial axis."""
+    def _box(self, t: torch.Tensor, state: KernelState, pads, scale: float) -> torch.Tensor:
+        """scale · Σ_d t[p·s + d, p'·s + d]: one separable pass per spatial axis."""
+        dims = len(state.spatial)
         for axis, (k, s, pad) in enumerate(zip(self.kernel_size, self.stride, pads)):
+            factor = scale if axis == 0 else 1.0
             if state.form == "full":
-                t = diagonal_window_sum(t, 2 + 2 * axis, k, s, pad)
+                t = diagonal_window_sum(t, (2 + axis, 2 + dims + axis), k, s, pad, factor)
             else:
-                t = window_sum(t, 2 + axis, k, s, pad)
+                t = window_sum(t, 2 + axis, k, s, pad, factor)
         return t
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(t, C, *S) -> (t, C·k, *S_out): each output position's zero-padded input window as channels."""
+        pads = self._pads(tuple(x.shape[2:]))
+        x = F.pad(x, [side for pair in reversed(pads) for side in pair])
+        for axis, (k, s) in enumerate(zip(self.kernel_size, self.stride)):
+            x = x.unfold(2 + axis, k, s)  # (t, C, O₁, ..., k₁, ...): window taps appended at the end
+        order = [0, 1, *range(2 + self.dims, 2 + 2 * self.dims), *range(2, 2 + self.dims)]
+        x = x.permute(order)
+        return x.reshape(x.shape[0], -1, *x.shape[2 + self.dims:])
+
+    def input_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
+        """A first conv reads Σ⁽⁰⁾'s window sums straight from the inputs: (1/k) Σ_d Σ⁽⁰⁾[p·s + d, p'·s + d] is
+        the covariance of the C·k-channel patches, one matrix product with k times the channels instead of a
+        covariance of positions followed by its box filter (exactly the same sum)."""
+        x1, x2, aligned = state.inputs
+        patches1 = self._patches(x1)
+        patches2 = patches1 if x2 is x1 else self._patches(x2)
+        cov = input_covariance(patches1, patches2, state.form, aligned)  # = box average of Σ⁽⁰⁾
+        ntk = None
+        if need_ntk and self.parameterization == "standard":
+            ntk = cov * (state.width * math.prod(self.kernel_size))
+            ntk.add_(1.0)
+        nngp = cov.mul_(self.w_std ** 2).add_(self.b_std ** 2)
+        if need_ntk and ntk is None:
+            ntk = nngp.clone()
+        return state.replace(nngp=nngp, ntk=ntk, width=self.out_channels, gaussian=True,
+                             spatial=tuple(patches1.shape[2:]), inputs=None)
 
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         pads = self._pads(state.spatial)
-        taps = math.prod(self.kernel_size)
-        w2, b2 = self.w_std ** 2, self.b_std ** 2
-        box_k = self._box(state.nngp, state, pads)
-        nngp = box_k * (w2 / taps)
-        nngp.add_(b2)
+        scale = self.w_std ** 2 / math.prod(self.kernel_size)
+        standard = need_ntk and self.parameterization == "standard"
+        # NTK parameterisation: Σ' = scale·box(K) + b², Θ' = Σ' + scale·box(Θ). Standard: Θ' gets C_in·box(K) + 1
+        # instead of Σ' (gradients of W carry C_in·k input products, k of them in the box sum; see nk.Dense).
+        box_k = self._box(state.nngp, state, pads, 1.0 if standard else scale)
         ntk = None
+        if standard:
+            ntk = box_k * state.width
+            ntk.add_(1.0)
+            box_k.mul_(scale)
+        nngp = box_k.add_(self.b_std ** 2)  # in place: the box sum is this rule's own tensor
         if need_ntk:
-            box_theta = self._box(state.ntk, state, pads) if isinstance(state.ntk, torch.Tensor) else None
-            if self.parameterization == "ntk":
-                ntk = nngp.clone()
-            else:  # gradients of W carry C_in·k input products, the bias 1 (see nk.Dense)
-                ntk = box_k.mul_(state.width).add_(1.0)
-            if box_theta is not None:
-                ntk.add_(box_theta, alpha=w2 / taps)
+            box_theta = self._box(state.ntk, state, pads, scale) if isinstance(state.ntk, torch.Tensor) else None
+            if ntk is None:
+                ntk = nngp.clone() if box_theta is None else box_theta.add_(nngp)
+            elif box_theta is not None:
+                ntk.add_(box_theta)
         spatial = tuple(_output_size(n, k, s, pad) for n, k, s, pad in zip(state.spatial, self.kernel_size,
                                                                              self.stride, pads))
         return state.replace(nngp=nngp, ntk=ntk, width=self.out_channels, gaussian=True, spatial=spatial)

@@ -111,5 +111,7 @@ class Dense(Layer):
                 ntk = nngp + w2 * state.ntk
             else:
                 ntk = state.width * state.nngp + 1.0 + w2 * state.ntk
-        return state.replace(nngp=nngp, ntk=ntk, var1=w2 * state.var1 + b2, var2=w2 * state.var2 + b2,
-                             width=self.out_features, gaussian=True)
+        var1, var2 = state.var1, state.var2
+        if var1 is not None:  # the flat engine propagates variances; the spatial engine's tape supplies them
+            var1, var2 = w2 * var1 + b2, w2 * var2 + b2
+        return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, width=self.out_features, gaussian=True)

@@ -84,10 +84,12 @@ class _AvgPool(Layer):
     def _pool(self, t):
         if not isinstance(t, torch.Tensor):
             return t
+        scale = 1.0 / math.prod(self.kernel_size) ** 2
         for axis, (k, s, p) in enumerate(zip(self.kernel_size, self.stride, self.padding)):
-            for dim in (2 + 2 * axis, 3 + 2 * axis):  # each side's window independently
-                t = window_sum(t, dim, k, s, (p, p))
-        return t.mul_(1.0 / math.prod(self.kernel_size) ** 2)
+            for dim in (2 + axis, 2 + self.dims + axis):  # each side's window independently
+                t = window_sum(t, dim, k, s, (p, p), scale)
+                scale = 1.0
+        return t
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
         nngp, ntk = self._pool(state.nngp), self._pool(state.ntk) if need_ntk else None
