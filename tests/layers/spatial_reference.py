@@ -4,7 +4,8 @@ For a pair (x, x') it keeps the joint covariance J of all positions of both inpu
 blocks [[K(x,x), K(x,x')], [K(x',x), K(x',x')]], and applies each layer as written in the papers:
 a conv is Σ_d E_d J E_dᵀ with E_d the matrix that picks input position p·s + d (zero where padded), a pooling is
 P J Pᵀ with P the averaging matrix, an activation is its dual kernel entrywise with variances diag(J), Flatten and
-GlobalAvgPool average each block's diagonal or all of it. No forms, tiles, tapes or window sums: nothing it shares
+GlobalAvgPool average each block's diagonal or all of it, a residual adds its branches, LayerNorm divides by
+√(diag(J) diag(J)ᵀ). No forms, tiles, tapes or window sums: nothing it shares
 with ntkit's engine but the layers' hyper-parameters and their activations' dual functions.
 """
 
@@ -48,10 +49,21 @@ def _pair(arch, x, y):
     pos = math.prod(shape)
     z = torch.cat([x.reshape(channels, pos), y.reshape(channels, pos)], 1)
     joint = z.T @ z / channels
-    theta = torch.zeros_like(joint)
-    width = channels
-    for layer in arch.flatten():
-        if isinstance(layer, _Conv):
+    joint, theta, _, _ = _run(arch.flatten(), joint, torch.zeros_like(joint), channels, shape)
+    return joint[0, 1], theta[0, 1]
+
+
+def _run(layers, joint, theta, width, shape):
+    for layer in layers:
+        if isinstance(layer, nk.Residual):
+            a = _run(layer.block.flatten(), joint, theta, width, shape)
+            b = (joint, theta, width, shape) if layer.shortcut is None else \
+                _run(layer.shortcut.flatten(), joint, theta, width, shape)
+            joint, theta, width, shape = a[0] + b[0], a[1] + b[1], a[2], a[3]
+        elif isinstance(layer, nk.LayerNorm):
+            root = joint.diagonal().sqrt()
+            joint, theta = joint / torch.outer(root, root), theta / torch.outer(root, root)
+        elif isinstance(layer, _Conv):
             pads = layer._pads(shape)
             axes = [_taps(n, (n + l + r - k) // s + 1, k, s, l)
                     for n, k, s, (l, r) in zip(shape, layer.kernel_size, layer.stride, pads)]
@@ -93,7 +105,7 @@ def _pair(arch, x, y):
             joint, theta = k, theta * kdot
         else:
             raise NotImplementedError(repr(layer))
-    return joint[0, 1], theta[0, 1]
+    return joint, theta, width, shape
 
 
 def _product(axes):

@@ -98,3 +98,41 @@ def test_a_request_too_big_for_memory_is_refused_with_an_estimate():
     x = torch.randn(200_000, 1, 4, 4)  # 2 x 160 GB of output on any machine
     with pytest.raises(MemoryError, match=r"the \(200000, 200000\) kernel\(s\).*needs about .* GiB"):
         nk.Serial(nk.Conv2d(2, 3), nk.ReLU(), nk.GlobalAvgPool(), nk.Dense(1)).kernel(x)
+
+
+def test_layernorm_on_a_one_channel_state():
+    arch = nk.Serial(nk.Conv2d(1, 3), nk.LayerNorm(), nk.ReLU(), nk.Flatten(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"layer 1 \(LayerNorm\(center=False\)\) normalises over channels but its "
+                                         r"input has 1 channel \(shape \(1, 6, 6\)\); it needs at least 2"):
+        arch.kernel(IMAGES)
+
+
+def test_centred_layernorm_after_an_activation():
+    arch = nk.Serial(nk.Conv2d(4, 3), nk.ReLU(), nk.LayerNorm(center=True), nk.Flatten(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"layer 2 \(LayerNorm\(center=True\)\): center=True is exact only on "
+                                         r"zero-mean"):
+        arch.kernel(IMAGES)
+
+
+def test_residual_block_that_does_not_end_with_weights():
+    arch = nk.Serial(nk.Conv2d(4, 3), nk.Residual(nk.Conv2d(4, 3), nk.ReLU()), nk.Flatten(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"layer 1 \(Residual\(.*\)\): the block must end with a Dense or Conv"):
+        arch.kernel(IMAGES)
+
+
+def test_residual_branches_of_different_shapes():
+    arch = nk.Serial(nk.Conv2d(4, 3), nk.Residual(nk.Conv2d(8, 3)), nk.Flatten(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"layer 1 \(Residual.*the block gives shape \(8, 6, 6\) but the shortcut "
+                                         r"gives \(4, 6, 6\); pass shortcut="):
+        arch.kernel(IMAGES)
+    inner = nk.Serial(nk.Conv2d(4, 3), nk.Residual(nk.ReLU(), nk.AvgPool2d(2), nk.Conv2d(4, 3)), nk.Flatten(),
+                      nk.Dense(1))
+    with pytest.raises(ValueError, match=r"the block gives shape \(4, 3, 3\) but the shortcut gives \(4, 6, 6\)"):
+        inner.kernel(IMAGES)
+
+
+def test_errors_inside_a_residual_block_name_the_nested_position():
+    arch = nk.Serial(nk.Conv2d(4, 3), nk.Residual(nk.ReLU(), nk.Dense(4)), nk.Flatten(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"layer 1 \(Residual\(.*\)\), block, layer 1 \(Dense\(4.*\)\) needs a flat "
+                                         r"input"):
+        arch.kernel(IMAGES)

@@ -150,3 +150,57 @@ def test_same_padding_keeps_the_size_for_any_stride_and_even_kernels():
             ref.weight.data = net[0].weight.data.clone()
             torch.testing.assert_close(net[0](x) - net[0].bias.reshape(-1, 1, 1) * net[0].bias_scale,
                                        ref(x) * net[0].weight_scale)
+
+
+RESIDUAL_CASES = {
+    "resnet-block-identity": nk.Serial(
+        nk.Conv2d(4, 3, b_std=0.1), nk.Residual(nk.ReLU(), nk.Conv2d(4, 3, w_std=1.2, b_std=0.2)),
+        nk.Residual(nk.ReLU(), nk.Conv2d(4, 3), nk.ReLU(), nk.Conv2d(4, 3, w_std=0.8)), nk.ReLU(),
+        nk.GlobalAvgPool(), nk.Dense(1)),
+    "projection-shortcut-and-layernorm": nk.Serial(
+        nk.Conv2d(4, 3), nk.LayerNorm(center=True), nk.Erf(),
+        nk.Residual(nk.Conv2d(6, 3, stride=2, b_std=0.3), shortcut=nk.Conv2d(6, 1, stride=2)),
+        nk.LayerNorm(), nk.ReLU(), nk.Flatten(), nk.Dense(1)),
+    "residual-first-then-pool": nk.Serial(
+        nk.Residual(nk.Conv2d(2, 3, b_std=0.2)), nk.AvgPool2d(2), nk.LayerNorm(), nk.Conv2d(3, 3), nk.ReLU(),
+        nk.Flatten(), nk.Dense(1)),
+    "flat-residual-mlp": nk.Serial(nk.Flatten(), nk.Dense(8, b_std=0.1), nk.Residual(nk.ReLU(), nk.Dense(8)),
+                                   nk.LayerNorm(), nk.GELU(), nk.Dense(1)),
+}
+
+
+@pytest.mark.parametrize("name", list(RESIDUAL_CASES))
+def test_residual_and_layernorm_match_the_reference(name):
+    arch = RESIDUAL_CASES[name]
+    others = torch.randn(3, *IMAGES.shape[1:], dtype=torch.float64)
+    nngp, ntk = reference_kernel(arch, IMAGES, others)
+    k = arch.kernel(IMAGES, others)
+    torch.testing.assert_close(k.nngp, nngp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(k.ntk, ntk, rtol=1e-12, atol=1e-14)
+    sym = arch.kernel(IMAGES)
+    torch.testing.assert_close(sym.ntk, arch.kernel(IMAGES, IMAGES.clone()).ntk, rtol=1e-12, atol=0)
+    assert torch.linalg.eigvalsh(sym.ntk).min() > -1e-12 * sym.ntk.max()
+
+
+def test_flat_residual_and_layernorm_in_the_flat_engine():
+    """(N, d) inputs run the flat engine (its own rules, variances propagated): same as on (N, d, 1) sequences
+    through the spatial engine, where the tape supplies the variances."""
+    arch = nk.Serial(nk.Dense(8, b_std=0.1), nk.Residual(nk.ReLU(), nk.Dense(8, b_std=0.2)), nk.LayerNorm(),
+                     nk.Tanh(), nk.Residual(nk.Dense(8)), nk.Dense(1))
+    x = torch.randn(5, 3, dtype=torch.float64)
+    flat = arch.kernel(x)
+    spatial = nk.Serial(nk.Flatten(), arch).kernel(x[:, :, None])
+    # The engines round LayerNorm's division differently, so on the diagonal Tanh's quadrature sees ρ = 1 exactly
+    # in one (its 1-D rule) and 1 - ε in the other (the series): equal to the quadrature's accuracy, 2e-11.
+    torch.testing.assert_close(flat.ntk, spatial.ntk, rtol=1e-10, atol=0)
+    torch.testing.assert_close(flat.nngp, spatial.nngp, rtol=1e-10, atol=0)
+
+
+def test_residual_builds_a_residual_network():
+    arch = RESIDUAL_CASES["projection-shortcut-and-layernorm"]
+    net = arch.build((2, 6, 5), seed=0, dtype=torch.float64)
+    assert type(net[3]).__name__ == "ResidualModule" and net[3].shortcut is not None
+    assert net(IMAGES).shape == (4, 1)
+    block = nk.Residual(nk.Dense(3)).build(3, seed=0, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(block(x), x + block[0].block(x))

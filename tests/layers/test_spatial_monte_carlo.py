@@ -41,6 +41,13 @@ def _single_nonlinearity_cases(c):
         "standard-parameterisation+gap": (nk.Serial(
             nk.Conv2d(c, 3, w_std=1.3, b_std=0.2, parameterization="standard"), nk.ReLU(), nk.GlobalAvgPool(),
             nk.Dense(1, w_std=1.1, b_std=0.1, parameterization="standard")), IMAGES),
+        "residual-identity": (nk.Serial(
+            nk.Conv2d(c, 3, b_std=0.2), nk.ReLU(), nk.Residual(nk.Conv2d(c, 3, w_std=1.3, b_std=0.3)),
+            nk.GlobalAvgPool(), nk.Dense(1, b_std=0.1)), IMAGES),
+        "residual-projection": (nk.Serial(
+            nk.Conv2d(c, 3, b_std=0.2), nk.Erf(),
+            nk.Residual(nk.Conv2d(c, 3, stride=2, b_std=0.3), shortcut=nk.Conv2d(c, 1, stride=2, w_std=0.7)),
+            nk.Flatten(), nk.Dense(1, b_std=0.1)), IMAGES),
     }
 
 
@@ -81,6 +88,24 @@ def test_monte_carlo_detects_a_ten_percent_error():
     assert _z_scores(nngp, off.nngp).max() > 5 and _z_scores(ntk, off.ntk).max() > 5
 
 
+def _assert_close_up_to_bias(samples, target, channels):
+    error = (samples.mean(0) - target).norm()
+    noise = (samples.var(0).sum() / len(samples)).sqrt()
+    assert error < 5 * noise + 4 / channels * target.norm(), (error, noise)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_layernorm_matches_monte_carlo_up_to_the_finite_width_bias(center):
+    """A finite LayerNorm divides by the empirical mean square over C channels, a random quantity with O(C^-1/2)
+    fluctuations: the estimate has an O(1/C) bias, allowance 4/C of ‖K‖ plus 5 times the noise of the mean."""
+    arch = nk.Serial(nk.Conv2d(CHANNELS, 3, w_std=1.4, b_std=0.3), nk.LayerNorm(center=center), nk.ReLU(),
+                     nk.Conv2d(CHANNELS, 3), nk.LayerNorm(), nk.Flatten(), nk.Dense(1, b_std=0.1))
+    exact = arch.kernel(IMAGES)
+    nngp, ntk = _samples(arch, IMAGES)
+    _assert_close_up_to_bias(nngp, exact.nngp, CHANNELS)
+    _assert_close_up_to_bias(ntk, exact.ntk, CHANNELS)
+
+
 def test_two_nonlinearities_match_monte_carlo_up_to_the_finite_width_bias():
     """Myrtle-like: conv, ReLU, conv, ReLU, pool, flatten. The second ReLU sees pre-activations that are Gaussian
     only as C → ∞, so the estimate has an O(1/C) bias besides its noise: allowance 4/C of ‖Θ‖ (1.6% at C = 256;
@@ -90,7 +115,5 @@ def test_two_nonlinearities_match_monte_carlo_up_to_the_finite_width_bias():
                      nk.ReLU(), nk.AvgPool2d(2), nk.Flatten(), nk.Dense(1, w_std=math.sqrt(2)))
     exact = arch.kernel(IMAGES)
     nngp, ntk = _samples(arch, IMAGES)
-    for samples, target in ((nngp, exact.nngp), (ntk, exact.ntk)):
-        error = (samples.mean(0) - target).norm()
-        noise = (samples.var(0).sum() / len(samples)).sqrt()
-        assert error < 5 * noise + 4 / c * target.norm(), (error, noise)
+    _assert_close_up_to_bias(nngp, exact.nngp, c)
+    _assert_close_up_to_bias(ntk, exact.ntk, c)

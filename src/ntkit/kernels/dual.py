@@ -52,23 +52,29 @@ def rectified(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative:
     return k, (kdot if derivative else None)
 
 
-def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True):
-    """``rectified`` for large spatial states, overwriting ``c``: a dozen in-place passes instead of twice as many
-    allocating ones (memory traffic, not arithmetic, is the cost of a 10⁶-entry covariance).
+def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True, scratch=None):
+    """``rectified`` for large spatial states, overwriting ``c`` and returning it as K: a dozen in-place passes and
+    two buffers from the engine's ``scratch`` pool (:mod:`ntkit.kernels.scratch`) instead of twice as many
+    allocating passes (memory traffic, not arithmetic, is the cost of a 10⁶-entry covariance).
 
     Correlations within 4 ulps of ±1 are snapped to ±1 (ρ is scaled by 1 + 4ε before the clamp): two summation
     orders of the same covariance differ in the last bits, and arccos turns that into √ε at ρ = 1 (1e-4 relative in
     float32), so a position paired with itself would not get the exact K(x, x)[p, p] it has at ρ = 1. The scaling
     moves every other ρ by 4ε relative, below the rounding already in c."""
+    from .scratch import empty
+
     tiny = torch.finfo(c.dtype).tiny
     snap = 1.0 + 4.0 * torch.finfo(c.dtype).eps
     root1, root2 = torch.sqrt(q1), torch.sqrt(q2)
     rho = c.mul_(snap / torch.clamp(root1, min=tiny)).div_(torch.clamp(root2, min=tiny)).clamp_(-1.0, 1.0)
-    sin_theta = torch.addcmul(torch.ones((), dtype=c.dtype, device=c.device), rho, rho, value=-1.0).sqrt_()
     mix = (a - b) ** 2 / _TWO_PI
     even = (a * a + b * b) / 2.0
-    kdot = torch.arccos(rho).mul_(-mix).add_(even)
-    k = sin_theta.mul_(mix).addcmul_(kdot, rho).mul_(root1).mul_(root2)
+    kdot = torch.arccos(rho, out=empty(scratch, rho.shape, rho)).mul_(-mix).add_(even)
+    one = torch.ones((), dtype=rho.dtype, device=rho.device)
+    sin_theta = torch.addcmul(one, rho, rho, value=-1.0, out=empty(scratch, rho.shape, rho)).sqrt_()
+    k = rho.mul_(kdot).add_(sin_theta, alpha=mix).mul_(root1).mul_(root2)  # ρ·K̇ + mix·sin θ, in c's storage
+    if scratch is not None:
+        scratch.give(sin_theta, None if derivative else kdot)
     return k, (kdot if derivative else None)
 
 

@@ -49,6 +49,8 @@ class KernelState:
     tape: the spatial engine's source of per-position variances (:mod:`ntkit.kernels.spatial_evaluate`)
     inputs: (x1 tile, x2 tile, aligned) while ``nngp`` is still None: the spatial engine defers the input
         covariance so that a first Conv can compute its output covariance from patches in one product
+    scratch: the spatial engine's buffer pool (:mod:`ntkit.kernels.scratch`); owned: whether the rules may
+        overwrite and recycle this state's tensors (False where a composite layer still needs them)
     """
 
     nngp: Tensor
@@ -61,6 +63,8 @@ class KernelState:
     spatial: tuple[int, ...] = ()
     tape: object = None
     inputs: tuple | None = None
+    scratch: object = None
+    owned: bool = True
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)

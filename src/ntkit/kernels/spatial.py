@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from .scratch import empty
+
 Tensor = torch.Tensor
 
 __all__ = ["FORMS", "input_covariance", "variance_layout", "diagonal", "window_sum", "diagonal_window_sum",
@@ -44,7 +46,7 @@ def _flat_positions(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-def input_covariance(x1: Tensor, x2: Tensor, form: str, aligned: bool = False) -> Tensor:
+def input_covariance(x1: Tensor, x2: Tensor, form: str, aligned: bool = False, scratch=None) -> Tensor:
     r"""Σ⁽⁰⁾(x, x')[p, p'] = Σ_c x[c, p] x'[c, p'] / C for every pair of a tile, in ``form``.
 
     x1: (t1, C, *S), x2: (t2, C, *S). ``aligned=True`` pairs x1[i] with x2[i] only (t1 == t2) and returns
@@ -64,7 +66,8 @@ def input_covariance(x1: Tensor, x2: Tensor, form: str, aligned: bool = False) -
         cov = torch.einsum("tcp,tcq->tpq", a, b)[:, None]
     else:
         # One GEMM: (t1·P, C) @ (C, t2·P), then the pair axes to the front.
-        cov = (a.transpose(1, 2).reshape(-1, channels) @ b.permute(1, 0, 2).reshape(channels, -1))
+        left, right = a.transpose(1, 2).reshape(-1, channels), b.permute(1, 0, 2).reshape(channels, -1)
+        cov = torch.mm(left, right, out=empty(scratch, (left.shape[0], right.shape[1]), left))
         cov = cov.reshape(a.shape[0], a.shape[2], b.shape[0], b.shape[2]).transpose(1, 2)
         if cov.shape[0] > 1 and cov.shape[1] > 1:
             cov = cov.contiguous()
@@ -114,14 +117,13 @@ def _tap_ranges(n: int, size: int, stride: int, pad: tuple[int, int]):
 
 
 def _windows(x: Tensor, dims: tuple[int, ...], size: int, stride: int, pad: tuple[int, int],
-             scale: float = 1.0) -> Tensor:
+             scale: float = 1.0, scratch=None) -> Tensor:
     """Σ_{d < size} x_pad[..., u·stride + d, ...] on every axis in ``dims`` with the same tap d, zero padding
     included. Each tap adds a strided slice of x into the part of the output it reaches, so the padded copy is
-    never made; a tap that reaches every output starts the sum (no zero fill). The sum is multiplied by
-    ``scale`` on the way (one pass fewer than scaling it afterwards)."""
+    never made; taps that reach every output start the sum (no zero fill), and the output buffer comes from
+    ``scratch`` when one is lent. The sum is multiplied by ``scale`` on the way."""
     outputs, ranges = _tap_ranges(x.shape[dims[0]], size, stride, pad)
     ranges.sort(key=lambda r: r[1] - r[0], reverse=True)
-    total = None
     parts = []
     for u0, u1, i0 in ranges:
         source = [slice(None)] * x.ndim
@@ -130,40 +132,33 @@ def _windows(x: Tensor, dims: tuple[int, ...], size: int, stride: int, pad: tupl
             source[dim] = slice(i0, i0 + stride * (u1 - u0 - 1) + 1, stride)
             target[dim] = slice(u0, u1)
         parts.append((u1 - u0 == outputs, tuple(source), tuple(target)))
-    if len(parts) >= 2 and parts[0][0] and parts[1][0]:  # two full taps: one allocating add starts the sum
-        total = torch.add(x[parts[0][1]], x[parts[1][1]])
+    shape = list(x.shape)
+    for dim in dims:
+        shape[dim] = outputs
+    total = empty(scratch, shape, x)
+    if len(parts) >= 2 and parts[0][0] and parts[1][0]:  # two full taps start the sum in one pass
+        torch.add(x[parts[0][1]], x[parts[1][1]], out=total)
         if scale != 1.0:
             total.mul_(scale)
         parts = parts[2:]
-    for full, source, target in parts:
-        part = x[source]
-        if total is None:
-            if full:
-                total = torch.mul(part, scale) if scale != 1.0 else part.clone(memory_format=torch.contiguous_format)
-                continue
-            shape = list(x.shape)
-            for dim in dims:
-                shape[dim] = outputs
-            total = x.new_zeros(shape)
-        if scale != 1.0:
-            total[target].add_(part, alpha=scale)
-        else:
-            total[target] += part
-    if total is None:  # every tap falls in the padding
-        shape = list(x.shape)
-        for dim in dims:
-            shape[dim] = outputs
-        total = x.new_zeros(shape)
+    elif parts and parts[0][0]:
+        torch.mul(x[parts[0][1]], scale, out=total)
+        parts = parts[1:]
+    else:
+        total.zero_()
+    for _, source, target in parts:
+        total[target].add_(x[source], alpha=scale)
     return total
 
 
-def window_sum(x: Tensor, dim: int, size: int, stride: int, pad: tuple[int, int], scale: float = 1.0) -> Tensor:
+def window_sum(x: Tensor, dim: int, size: int, stride: int, pad: tuple[int, int], scale: float = 1.0,
+               scratch=None) -> Tensor:
     """Sum over windows along one axis, zero padding included: out[u] = scale · Σ_{d<size} x_pad[u·stride + d]."""
-    return _windows(x, (dim,), size, stride, pad, scale)
+    return _windows(x, (dim,), size, stride, pad, scale, scratch)
 
 
 def diagonal_window_sum(x: Tensor, dims: tuple[int, int], size: int, stride: int, pad: tuple[int, int],
-                        scale: float = 1.0) -> Tensor:
+                        scale: float = 1.0, scratch=None) -> Tensor:
     """The conv rule's box filter along the diagonal of the (s, s') plane on axes ``dims``:
     out[u, u'] = scale · Σ_{d<size} x_pad[u·stride + d, u'·stride + d] (the same tap d on both sides)."""
-    return _windows(x, dims, size, stride, pad, scale)
+    return _windows(x, dims, size, stride, pad, scale, scratch)

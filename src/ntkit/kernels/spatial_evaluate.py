@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .._memory import check_fits
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
+from .scratch import Scratch
 from .spatial import diagonal, pair_size, variance_layout
 
 __all__ = ["evaluate_spatial", "RecordingTape", "ReplayTape", "plan_tile"]
@@ -79,21 +80,22 @@ def plan_tile(n1: int, n2: int, per_pair: int, batch_size: int | None) -> tuple[
     return rows, cols
 
 
-def _initial_state(x1: torch.Tensor, x2: torch.Tensor, aligned: bool, need_ntk: bool, tape) -> KernelState:
+def _initial_state(x1: torch.Tensor, x2: torch.Tensor, aligned: bool, need_ntk: bool, tape,
+                   scratch: Scratch) -> KernelState:
     """The state before the first layer: the inputs themselves (their covariance is formed by the first layer's
     ``apply_layer``, or never, when a first Conv reads its patches directly)."""
     return KernelState(nngp=None, ntk=0.0 if need_ntk else None, var1=None, var2=None, width=x1.shape[1],
                        gaussian=False, form="full", spatial=tuple(x1.shape[2:]), tape=tape,
-                       inputs=(x1, x2, aligned))
+                       inputs=(x1, x2, aligned), scratch=scratch)
 
 
-def _self_variances(arch, x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+def _self_variances(arch, x: torch.Tensor, chunk: int, scratch: Scratch) -> list[torch.Tensor]:
     """The tape of the self pass: for each layer in visiting order, q(x, p) for every point, (N, *S_layer)."""
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, x.shape[0], chunk):
         part = x[start:start + chunk]
         tape = RecordingTape()
-        arch.spatial_rule(_initial_state(part, part, True, False, tape), False, "flat")
+        arch.spatial_rule(_initial_state(part, part, True, False, tape, scratch), False, "flat")
         chunks.append(tape.values)
     return [torch.cat(values) for values in zip(*chunks)]
 
@@ -117,8 +119,9 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
                "Ask for one kernel (get='ntk'), a smaller batch_size, or compute blocks of rows of x1 in turn.")
 
     self_chunk = max(1, TILE_ELEMENTS // per_pair)
-    records1 = _self_variances(arch, x1, self_chunk)
-    records2 = records1 if symmetric else _self_variances(arch, x2, self_chunk)
+    scratch = Scratch()
+    records1 = _self_variances(arch, x1, self_chunk, scratch)
+    records2 = records1 if symmetric else _self_variances(arch, x2, self_chunk, scratch)
 
     out = {name: torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) for name in get}
     tiles = [(i, j) for i in range(0, n1, rows_per_tile) for j in range(0, n2, cols_per_tile)
@@ -127,7 +130,8 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     for i, j in tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False):
         rows, cols = slice(i, min(i + rows_per_tile, n1)), slice(j, min(j + cols_per_tile, n2))
         tape = ReplayTape(records1, records2, rows, cols)
-        state = arch.spatial_rule(_initial_state(x1[rows], x2[cols], False, need_ntk, tape), need_ntk, "flat")
+        state = arch.spatial_rule(_initial_state(x1[rows], x2[cols], False, need_ntk, tape, scratch), need_ntk,
+                                  "flat")
         for name, value in (("nngp", state.nngp), ("ntk", state.ntk)):
             if name in out:
                 out[name][rows, cols] = value

@@ -7,8 +7,10 @@ from .conv import Conv1d, Conv2d, ConvModule
 from .dense import Dense, DenseModule
 from .mlp import mlp
 from .pooling import AvgPool1d, AvgPool2d, Flatten, GlobalAvgPool
+from .normalization import LayerNorm, LayerNormModule
 from .presets import cnn, myrtle
+from .residual import Residual, ResidualModule
 
 __all__ = ["Layer", "Serial", "Signature", "Dense", "DenseModule", "mlp", "Conv1d", "Conv2d", "ConvModule",
-           "AvgPool1d", "AvgPool2d", "GlobalAvgPool", "Flatten", "myrtle", "cnn", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU",
+           "AvgPool1d", "AvgPool2d", "GlobalAvgPool", "Flatten", "myrtle", "cnn", "Residual", "ResidualModule", "LayerNorm", "LayerNormModule", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU",
            "Sin", "Cos", "Identity", "Tanh", "Sigmoid", "Softplus", "activation_from_name", "ACTIVATION_NAMES"]

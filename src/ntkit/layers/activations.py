@@ -62,6 +62,7 @@ class Activation(Layer):
 
     fusable = False  # the series loop is not an elementwise expression torch.compile should unroll
     needs_variances = True
+    mutates_input = True  # dual_inplace may overwrite the covariance (and the NTK is scaled in place)
     # Temporaries of one tile: ρ, ρ², the two Horner accumulators, their products and sums, the outputs.
     tile_cost = 8
 
@@ -105,14 +106,18 @@ class Activation(Layer):
         return state.replace(nngp=k, ntk=state.ntk * kdot if need_ntk else None,
                              var1=self.variance(state.var1), var2=self.variance(state.var2), gaussian=False)
 
-    def dual_inplace(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, derivative: bool = True):
-        """``dual`` that may overwrite ``c`` (the spatial engine owns its states); the same values otherwise."""
+    def dual_inplace(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, derivative: bool = True,
+                     scratch=None):
+        """``dual`` that may overwrite ``c`` and take buffers from the engine's ``scratch`` pool; same values."""
         return self.dual(c, q1, q2, derivative)
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
         # The spatial engine's tape supplies the variances before every layer, so none are propagated here.
-        k, kdot = self.dual_inplace(state.nngp, state.var1, state.var2, derivative=need_ntk)
-        return state.replace(nngp=k, ntk=state.ntk.mul_(kdot) if need_ntk else None, gaussian=False)
+        k, kdot = self.dual_inplace(state.nngp, state.var1, state.var2, need_ntk, state.scratch)
+        ntk = state.ntk.mul_(kdot) if need_ntk else None
+        if state.scratch is not None:
+            state.scratch.give(kdot)
+        return state.replace(nngp=k, ntk=ntk, gaussian=False)
 
 
 class _ClosedForm(Activation):
@@ -149,8 +154,8 @@ class ReLU(_ClosedForm):
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, 1.0, 0.0, derivative)
 
-    def dual_inplace(self, c, q1, q2, derivative=True):
-        return duals.rectified_(c, q1, q2, 1.0, 0.0, derivative)
+    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
+        return duals.rectified_(c, q1, q2, 1.0, 0.0, derivative, scratch)
 
 
 class LeakyReLU(_ClosedForm):
@@ -172,8 +177,8 @@ class LeakyReLU(_ClosedForm):
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, 1.0, self.negative_slope, derivative)
 
-    def dual_inplace(self, c, q1, q2, derivative=True):
-        return duals.rectified_(c, q1, q2, 1.0, self.negative_slope, derivative)
+    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
+        return duals.rectified_(c, q1, q2, 1.0, self.negative_slope, derivative, scratch)
 
 
 class Abs(_ClosedForm):
@@ -185,8 +190,8 @@ class Abs(_ClosedForm):
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, 1.0, -1.0, derivative)
 
-    def dual_inplace(self, c, q1, q2, derivative=True):
-        return duals.rectified_(c, q1, q2, 1.0, -1.0, derivative)
+    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
+        return duals.rectified_(c, q1, q2, 1.0, -1.0, derivative, scratch)
 
 
 class Erf(_ClosedForm):

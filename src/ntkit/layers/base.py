@@ -69,6 +69,7 @@ class Layer:
     tile_cost: int = 8
     needs_variances: bool = False  # whether the rule reads var1/var2 (the spatial engine's tape supplies them)
     reads_inputs: bool = False  # whether input_rule can start from the raw inputs (see apply_layer)
+    mutates_input: bool = False  # whether the rule overwrites its input state's tensors
 
     def build_module(self, in_shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
                      device: torch.device) -> tuple[nn.Module, tuple[int, ...]]:
@@ -109,23 +110,39 @@ def describe(position: int, layer: Layer, prefix: str = "") -> str:
     return f"{prefix}layer {position} ({layer!r})"
 
 
+def _storage(t) -> int | None:
+    return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
+
+
 def apply_layer(layer: Layer, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
     """Run one layer's rule in the spatial engine: bring the state to the form the layer needs, let the tape supply
-    the per-position variances of its input, apply the rule. A first layer that ``reads_inputs`` gets the raw
-    inputs; any other first layer gets their covariance Σ⁽⁰⁾."""
+    the per-position variances of its input, apply the rule, and give the input's buffers back to the engine's
+    pool. A first layer that ``reads_inputs`` gets the raw inputs; any other first layer gets their covariance."""
     wanted = layer.input_form(out_form)
+    consumed = []
     if state.nngp is None:
         if layer.reads_inputs:
-            return layer.input_rule(state.replace(form=wanted), need_ntk)
+            return layer.input_rule(state.replace(form=wanted), need_ntk).replace(owned=True)
         x1, x2, aligned = state.inputs
-        state = state.replace(nngp=input_covariance(x1, x2, wanted, aligned), form=wanted, inputs=None)
+        cov = input_covariance(x1, x2, wanted, aligned, scratch=state.scratch)
+        state = state.replace(nngp=cov, form=wanted, inputs=None, owned=True)
     if state.form != wanted and state.form != "flat":
         dims = len(state.spatial)
+        consumed += [state.nngp, state.ntk]
         ntk = state.ntk if not isinstance(state.ntk, torch.Tensor) else to_form(state.ntk, state.form, wanted, dims)
-        state = state.replace(nngp=to_form(state.nngp, state.form, wanted, dims), ntk=ntk, form=wanted)
+        state = state.replace(nngp=to_form(state.nngp, state.form, wanted, dims), ntk=ntk, form=wanted, owned=True)
     if layer.needs_variances and state.tape is not None:
         state = state.tape.supply(state)
-    return layer.spatial_rule(state, need_ntk, out_form)
+    if not state.owned and layer.mutates_input:
+        state = state.replace(nngp=state.nngp.clone(),
+                              ntk=state.ntk.clone() if isinstance(state.ntk, torch.Tensor) else state.ntk, owned=True)
+    result = layer.spatial_rule(state, need_ntk, out_form)
+    if state.scratch is not None:
+        if state.owned:
+            consumed += [state.nngp, state.ntk]
+        keep = {_storage(result.nngp), _storage(result.ntk)}
+        state.scratch.give(*(t for t in consumed if _storage(t) not in keep))
+    return result.replace(owned=True)
 
 
 def parse_get(get: str | Iterable[str]) -> tuple[str, ...]:

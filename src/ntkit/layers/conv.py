@@ -20,6 +20,7 @@ from torch import nn
 
 from .._validation import check_nonnegative_float, check_positive_int
 from ..kernels.kernel import KernelState
+from ..kernels.scratch import empty
 from ..kernels.spatial import diagonal_window_sum, input_covariance, window_sum
 from .base import Layer, Signature
 from .dense import PARAMETERIZATIONS
@@ -160,13 +161,16 @@ class _Conv(Layer):
 
     def _box(self, t: torch.Tensor, state: KernelState, pads, scale: float) -> torch.Tensor:
         """scale · Σ_d t[p·s + d, p'·s + d]: one separable pass per spatial axis."""
-        dims = len(state.spatial)
+        dims, source = len(state.spatial), t
         for axis, (k, s, pad) in enumerate(zip(self.kernel_size, self.stride, pads)):
             factor = scale if axis == 0 else 1.0
             if state.form == "full":
-                t = diagonal_window_sum(t, (2 + axis, 2 + dims + axis), k, s, pad, factor)
+                summed = diagonal_window_sum(t, (2 + axis, 2 + dims + axis), k, s, pad, factor, state.scratch)
             else:
-                t = window_sum(t, 2 + axis, k, s, pad, factor)
+                summed = window_sum(t, 2 + axis, k, s, pad, factor, state.scratch)
+            if t is not source and state.scratch is not None:
+                state.scratch.give(t)  # the previous axis's partial sum
+            t = summed
         return t
 
     def _patches(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,14 +190,14 @@ class _Conv(Layer):
         x1, x2, aligned = state.inputs
         patches1 = self._patches(x1)
         patches2 = patches1 if x2 is x1 else self._patches(x2)
-        cov = input_covariance(patches1, patches2, state.form, aligned)  # = box average of Σ⁽⁰⁾
+        cov = input_covariance(patches1, patches2, state.form, aligned, state.scratch)  # box average of Σ⁽⁰⁾
         ntk = None
         if need_ntk and self.parameterization == "standard":
-            ntk = cov * (state.width * math.prod(self.kernel_size))
+            ntk = torch.mul(cov, state.width * math.prod(self.kernel_size), out=empty(state.scratch, cov.shape, cov))
             ntk.add_(1.0)
         nngp = cov.mul_(self.w_std ** 2).add_(self.b_std ** 2)
         if need_ntk and ntk is None:
-            ntk = nngp.clone()
+            ntk = empty(state.scratch, nngp.shape, nngp).copy_(nngp)
         return state.replace(nngp=nngp, ntk=ntk, width=self.out_channels, gaussian=True,
                              spatial=tuple(patches1.shape[2:]), inputs=None)
 
@@ -206,14 +210,14 @@ class _Conv(Layer):
         box_k = self._box(state.nngp, state, pads, 1.0 if standard else scale)
         ntk = None
         if standard:
-            ntk = box_k * state.width
+            ntk = torch.mul(box_k, state.width, out=empty(state.scratch, box_k.shape, box_k))
             ntk.add_(1.0)
             box_k.mul_(scale)
         nngp = box_k.add_(self.b_std ** 2)  # in place: the box sum is this rule's own tensor
         if need_ntk:
             box_theta = self._box(state.ntk, state, pads, scale) if isinstance(state.ntk, torch.Tensor) else None
             if ntk is None:
-                ntk = nngp.clone() if box_theta is None else box_theta.add_(nngp)
+                ntk = empty(state.scratch, nngp.shape, nngp).copy_(nngp) if box_theta is None else box_theta.add_(nngp)
             elif box_theta is not None:
                 ntk.add_(box_theta)
         spatial = tuple(_output_size(n, k, s, pad) for n, k, s, pad in zip(state.spatial, self.kernel_size,

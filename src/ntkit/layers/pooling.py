@@ -81,18 +81,21 @@ class _AvgPool(Layer):
     def input_form(self, out_form: str) -> str:
         return "full"
 
-    def _pool(self, t):
+    def _pool(self, t, scratch):
         if not isinstance(t, torch.Tensor):
             return t
-        scale = 1.0 / math.prod(self.kernel_size) ** 2
+        scale, source = 1.0 / math.prod(self.kernel_size) ** 2, t
         for axis, (k, s, p) in enumerate(zip(self.kernel_size, self.stride, self.padding)):
             for dim in (2 + axis, 2 + self.dims + axis):  # each side's window independently
-                t = window_sum(t, dim, k, s, (p, p), scale)
-                scale = 1.0
+                summed = window_sum(t, dim, k, s, (p, p), scale, scratch)
+                if t is not source and scratch is not None:
+                    scratch.give(t)
+                t, scale = summed, 1.0
         return t
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
-        nngp, ntk = self._pool(state.nngp), self._pool(state.ntk) if need_ntk else None
+        nngp = self._pool(state.nngp, state.scratch)
+        ntk = self._pool(state.ntk, state.scratch) if need_ntk else None
         form = "full"
         if out_form == "diagonal":
             nngp = diagonal(nngp, self.dims).contiguous()

@@ -1,0 +1,46 @@
+"""Reusable buffers for one spatial kernel evaluation.
+
+A full 32×32 covariance is 4 MiB per pair, and every rule needs a few such tensors. Allocated fresh, each one is
+mapped from the operating system and page-faulted in (glibc serves large requests with mmap and returns them on
+free), which measured as about half of a Myrtle kernel's time on 2 cores. The engine therefore lends each
+evaluation a small pool: a rule takes an output buffer with ``empty``, and the engine gives the input state's
+buffers back after the rule has produced its output. Buffers are matched by size, so a network's repeated shapes
+reuse a handful of them. Nothing is global: the pool lives in one ``arch.kernel`` call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["Scratch"]
+
+
+class Scratch:
+    def __init__(self):
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._lent: dict[int, torch.Tensor] = {}
+
+    def empty(self, shape, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape`` with the dtype and device of ``like``."""
+        key = (math.prod(shape), like.dtype, like.device)
+        free = self._free.get(key)
+        base = free.pop() if free else torch.empty(key[0], dtype=like.dtype, device=like.device)
+        self._lent[base.untyped_storage().data_ptr()] = base
+        return base.view(shape)
+
+    def give(self, *tensors) -> None:
+        """Return buffers (or views of them) that no live tensor uses any more; others are ignored."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                base = self._lent.pop(t.untyped_storage().data_ptr(), None)
+                if base is not None:
+                    self._free.setdefault((base.numel(), base.dtype, base.device), []).append(base)
+
+
+def empty(scratch: Scratch | None, shape, like: torch.Tensor) -> torch.Tensor:
+    """``scratch.empty`` when a pool is lent, a fresh tensor otherwise."""
+    if scratch is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return scratch.empty(shape, like)
