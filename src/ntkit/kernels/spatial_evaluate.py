@@ -17,24 +17,19 @@ backwards from the flat readout (``Layer.input_form``): each state is kept only 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
+from ..layers.base import Signature, apply_layer, output_forms
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
 from .scratch import Scratch
-from .spatial import diagonal, pair_size, variance_layout
+from .spatial import diagonal, variance_layout
+from .spatial_plan import device_info, plan_spatial
 
-__all__ = ["evaluate_spatial", "RecordingTape", "ReplayTape", "plan_tile"]
+__all__ = ["evaluate_spatial", "RecordingTape", "ReplayTape"]
 
-# A tile's state (and each of the few temporaries a rule holds) has about this many numbers: a few MiB, so the
-# elementwise passes of a tile run in the CPU's caches. The self pass uses the same budget.
-TILE_ELEMENTS = 1 << 20
-# Temporaries alive at once per state entry in the costliest rule (NNGP, NTK, the dual's intermediates).
-_WORKING_COPIES = 8
 _PROGRESS_MIN_TILES = 64
 
 
@@ -55,29 +50,16 @@ class RecordingTape:
 class ReplayTape:
     """Pair pass: before the k-th layer, the recorded variances of the tile's rows (x1) and columns (x2)."""
 
-    def __init__(self, records1: list[torch.Tensor], records2: list[torch.Tensor], rows: slice, cols: slice):
+    def __init__(self, records1: list[torch.Tensor], records2: list[torch.Tensor], rows: slice, cols: slice,
+                 step: int = 0):
         self.records1, self.records2, self.rows, self.cols = records1, records2, rows, cols
-        self.step = 0
+        self.step = step
 
     def supply(self, state: KernelState) -> KernelState:
         v1 = self.records1[self.step][self.rows]
         v2 = self.records2[self.step][self.cols]
         self.step += 1
         return state.replace(var1=variance_layout(v1, state.form, 1), var2=variance_layout(v2, state.form, 2))
-
-
-def plan_tile(n1: int, n2: int, per_pair: int, batch_size: int | None) -> tuple[int, int]:
-    """Tile edges (rows, columns): ``batch_size`` when given, else about TILE_ELEMENTS / per_pair pairs per tile,
-    as square as the grid allows."""
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
-        return min(batch_size, n1), min(batch_size, n2)
-    pairs = max(1, TILE_ELEMENTS // per_pair)
-    side = max(1, math.isqrt(pairs))
-    rows = min(n1, side)
-    cols = min(n2, max(1, pairs // rows))
-    return rows, cols
 
 
 def _initial_state(x1: torch.Tensor, x2: torch.Tensor, aligned: bool, need_ntk: bool, tape,
@@ -89,15 +71,98 @@ def _initial_state(x1: torch.Tensor, x2: torch.Tensor, aligned: bool, need_ntk: 
                        inputs=(x1, x2, aligned), scratch=scratch)
 
 
-def _self_variances(arch, x: torch.Tensor, chunk: int, scratch: Scratch) -> list[torch.Tensor]:
+def _run(layers, forms, state: KernelState, need_ntk: bool) -> KernelState:
+    for layer, form in zip(layers, forms):
+        state = apply_layer(layer, state, need_ntk, form)
+    return state
+
+
+def _self_variances(layers, forms, x: torch.Tensor, chunk: int, scratch: Scratch) -> list[torch.Tensor]:
     """The tape of the self pass: for each layer in visiting order, q(x, p) for every point, (N, *S_layer)."""
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, x.shape[0], chunk):
         part = x[start:start + chunk]
         tape = RecordingTape()
-        arch.spatial_rule(_initial_state(part, part, True, False, tape, scratch), False, "flat")
+        _run(layers, forms, _initial_state(part, part, True, False, tape, scratch), False)
         chunks.append(tape.values)
     return [torch.cat(values) for values in zip(*chunks)]
+
+
+def _mirror(t, form: str, dims: int):
+    """The state of the pairs (x', x) from that of (x, x'): swap the pair axes and, for a full state, p and p'."""
+    if form == "full":
+        return t.permute(1, 0, *range(2 + dims, 2 + 2 * dims), *range(2, 2 + dims))
+    return t.transpose(0, 1)
+
+
+class _Grid:
+    """The N1×N2 outputs and the walk over groups and their sub-tiles (see ``ntkit.kernels.spatial_plan``)."""
+
+    def __init__(self, arch, x1, x2, get, plan, records1, records2, scratch, symmetric):
+        self.layers = arch.flatten()
+        self.x1, self.x2, self.plan, self.scratch, self.symmetric = x1, x2, plan, scratch, symmetric
+        self.records1, self.records2 = records1, records2
+        self.need_ntk = "ntk" in get
+        self.out = {name: torch.empty(len(x1), len(x2), dtype=x1.dtype, device=x1.device) for name in get}
+
+    def groups(self):
+        (rows, cols), n1, n2 = self.plan.group, len(self.x1), len(self.x2)
+        return [(slice(i, min(i + rows, n1)), slice(j, min(j + cols, n2))) for i in range(0, n1, rows)
+                for j in range(0, n2, cols) if not self.symmetric or j + cols > i]
+
+    def _prefix(self, rows: slice, cols: slice) -> tuple[KernelState, int]:
+        tape = ReplayTape(self.records1, self.records2, rows, cols)
+        split = self.plan.split
+        state = _initial_state(self.x1[rows], self.x2[cols], False, self.need_ntk, tape, self.scratch)
+        return _run(self.layers[:split], self.plan.forms[:split], state, self.need_ntk), tape.step
+
+    def compute(self, rows: slice, cols: slice) -> None:
+        """One group: its sub-tiles through the prefix, gathered, then the rest of the layers once."""
+        plan = self.plan
+        if plan.split == len(self.layers):
+            state, _ = self._prefix(rows, cols)
+            return self._write(rows, cols, state)
+        sub_rows, sub_cols = plan.sub_tile
+        square = self.symmetric and rows == cols
+        nngp = ntk = template = None
+        mirrored, steps = [], 0
+        for i in range(rows.start, rows.stop, sub_rows):
+            for j in range(cols.start, cols.stop, sub_cols):
+                r, c = slice(i, min(i + sub_rows, rows.stop)), slice(j, min(j + sub_cols, cols.stop))
+                if square and c.stop <= r.start:  # below the diagonal: the mirror of a sub-tile above it
+                    mirrored.append((r, c))
+                    continue
+                state, steps = self._prefix(r, c)
+                if template is None:
+                    template = state
+                    shape = (rows.stop - rows.start, cols.stop - cols.start, *state.nngp.shape[2:])
+                    nngp = self.scratch.empty(shape, state.nngp)
+                    ntk = self.scratch.empty(shape, state.nngp) if isinstance(state.ntk, torch.Tensor) \
+                        else state.ntk
+                local = (slice(r.start - rows.start, r.stop - rows.start), slice(c.start - cols.start,
+                                                                                  c.stop - cols.start))
+                nngp[local] = state.nngp
+                if isinstance(state.ntk, torch.Tensor):
+                    ntk[local] = state.ntk
+                self.scratch.give(state.nngp, state.ntk)
+        dims = len(template.spatial)
+        for r, c in mirrored:
+            local = (slice(r.start - rows.start, r.stop - rows.start), slice(c.start - cols.start, c.stop - cols.start))
+            source = (local[1], local[0])
+            nngp[local] = _mirror(nngp[source], template.form, dims)
+            if isinstance(ntk, torch.Tensor):
+                ntk[local] = _mirror(ntk[source], template.form, dims)
+        tape = ReplayTape(self.records1, self.records2, rows, cols, step=steps)
+        state = template.replace(nngp=nngp, ntk=ntk, tape=tape, owned=True)
+        split = plan.split
+        self._write(rows, cols, _run(self.layers[split:], plan.forms[split:], state, self.need_ntk))
+
+    def _write(self, rows: slice, cols: slice, state: KernelState) -> None:
+        for name, value in (("nngp", state.nngp), ("ntk", state.ntk)):
+            if name in self.out:
+                self.out[name][rows, cols] = value
+                if self.symmetric:  # the mirror image; groups that straddle the diagonal are symmetrised later
+                    self.out[name][cols, rows] = value.T
 
 
 def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tuple[str, ...],
@@ -107,37 +172,29 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     if symmetric:
         x2 = x1
     n1, n2 = x1.shape[0], x2.shape[0]
-    spatial = tuple(x1.shape[2:])
-    need_ntk = "ntk" in get
-    form = arch.input_form("flat")
-    per_pair = pair_size(spatial, form) * _WORKING_COPIES
-    rows_per_tile, cols_per_tile = plan_tile(n1, n2, per_pair, batch_size)
-    tile_bytes = rows_per_tile * cols_per_tile * per_pair * x1.element_size()
-    check_fits(len(get) * n1 * n2 * x1.element_size() + tile_bytes, x1.device,
-               f"the ({n1}, {n2}) kernel(s) {get} of {spatial} inputs ({form} spatial covariances, "
-               f"{rows_per_tile}x{cols_per_tile} pairs per tile)",
+    layers = arch.flatten()
+    forms = output_forms(layers, "flat")
+    input_form = layers[0].input_form(forms[0])
+    signatures, signature = [], Signature(x1.shape[1], tuple(x1.shape[2:]))
+    for layer in layers:
+        signature = layer.infer(signature, "")
+        signatures.append(signature)
+    plan = plan_spatial(layers, signatures, forms, input_form, tuple(x1.shape[2:]), n1, n2, x1.element_size(),
+                        device_info(x1.device), batch_size)
+    check_fits(len(get) * n1 * n2 * x1.element_size() + plan.working_bytes, x1.device,
+               f"the ({n1}, {n2}) kernel(s) {get} of {tuple(x1.shape[1:])} inputs ({input_form} spatial "
+               f"covariances, groups of {plan.group[0]}x{plan.group[1]} pairs)",
                "Ask for one kernel (get='ntk'), a smaller batch_size, or compute blocks of rows of x1 in turn.")
-
-    self_chunk = max(1, TILE_ELEMENTS // per_pair)
     scratch = Scratch()
-    records1 = _self_variances(arch, x1, self_chunk, scratch)
-    records2 = records1 if symmetric else _self_variances(arch, x2, self_chunk, scratch)
-
-    out = {name: torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) for name in get}
-    tiles = [(i, j) for i in range(0, n1, rows_per_tile) for j in range(0, n2, cols_per_tile)
-             if not symmetric or j + cols_per_tile > i]
-    show = progress if progress is not None else len(tiles) >= _PROGRESS_MIN_TILES
-    for i, j in tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False):
-        rows, cols = slice(i, min(i + rows_per_tile, n1)), slice(j, min(j + cols_per_tile, n2))
-        tape = ReplayTape(records1, records2, rows, cols)
-        state = arch.spatial_rule(_initial_state(x1[rows], x2[cols], False, need_ntk, tape, scratch), need_ntk,
-                                  "flat")
-        for name, value in (("nngp", state.nngp), ("ntk", state.ntk)):
-            if name in out:
-                out[name][rows, cols] = value
-                if symmetric:  # the mirror image; tiles that straddle the diagonal are symmetrised below
-                    out[name][cols, rows] = value.T
-    nngp, ntk = out.get("nngp"), out.get("ntk")
+    chunk = plan.sub_tile[0] * plan.sub_tile[1]
+    records1 = _self_variances(layers, forms, x1, chunk, scratch)
+    records2 = records1 if symmetric else _self_variances(layers, forms, x2, chunk, scratch)
+    grid = _Grid(arch, x1, x2, get, plan, records1, records2, scratch, symmetric)
+    groups = grid.groups()
+    show = progress if progress is not None else len(groups) >= _PROGRESS_MIN_TILES
+    for rows, cols in tqdm(groups, desc="kernel tiles", disable=None if show else True, leave=False):
+        grid.compute(rows, cols)
+    nngp, ntk = grid.out.get("nngp"), grid.out.get("ntk")
     if symmetric:
         _symmetrize_mirrored(nngp, ntk)
     for name, value in (("NNGP", nngp), ("NTK", ntk)):

@@ -16,7 +16,7 @@ from .._validation import as_input_tensor, check_pair, check_positive_int
 from ..kernels.kernel import Kernel, KernelState
 from ..kernels.spatial import input_covariance, to_form
 
-__all__ = ["Layer", "Serial", "Signature", "parse_get", "apply_layer", "as_shape"]
+__all__ = ["Layer", "Serial", "Signature", "parse_get", "apply_layer", "as_shape", "output_forms"]
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _infer_all(layers: Sequence[Layer], signature: Signature, prefix: str) -> Si
     return signature
 
 
-def _input_forms(layers: Sequence[Layer], out_form: str) -> list[str]:
+def output_forms(layers: Sequence[Layer], out_form: str) -> list[str]:
     """The output form each layer must give so that the last one gives ``out_form`` (a backward walk)."""
     forms = [out_form] * len(layers)
     for i in range(len(layers) - 1, 0, -1):
@@ -226,11 +226,11 @@ class Serial(Layer):
 
     def input_form(self, out_form: str) -> str:
         layers = self.flatten()
-        return layers[0].input_form(_input_forms(layers, out_form)[0])
+        return layers[0].input_form(output_forms(layers, out_form)[0])
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
         layers = self.flatten()
-        for layer, form in zip(layers, _input_forms(layers, out_form)):
+        for layer, form in zip(layers, output_forms(layers, out_form)):
             state = apply_layer(layer, state, need_ntk, form)
         return state
 
