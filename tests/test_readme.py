@@ -31,5 +31,8 @@ def test_readme_examples_run_and_mean_what_they_say():
     assert bool(ns["report"]) and ns["values"].shape == (10,)
     assert ns["losses"][0] > ns["losses"][-1]
     assert 0.9 < ns["accuracy"] <= 1.0 and ns["search"].best_params_["ntkclassifier__hidden_layers"] in (1, 3)
+    assert ns["k_images"].ntk.shape == (6, 6) and ns["resnet_ntk"].shape == (6, 6)
+    assert ns["net"](ns["images"]).shape == (6, 10) and ns["myrtle_ntk"].shape == (2, 2)
+    assert 0.8 < ns["image_accuracy"] <= 1.0  # 200 training digits; chance is 0.1
     gp = ns["gp"]  # the optimiser started at gp.kernel's hyperparameters and must have improved on them
     assert gp.log_marginal_likelihood_value_ > gp.log_marginal_likelihood(gp.kernel.theta) + 1.0

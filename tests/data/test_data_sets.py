@@ -97,3 +97,14 @@ def test_bad_names_and_dtypes_are_refused():
         data.mnist5k(dtype=torch.int64)
     with pytest.raises(TypeError, match="dtype must be a floating torch dtype"):
         data.sklearn_dataset("iris", dtype="float32")
+
+
+def test_mnist5k_split_is_fixed_stratified_and_disjoint():
+    x_train, y_train, x_test, y_test = nk.data.mnist5k_split()
+    assert x_train.shape == (4000, 784) and x_test.shape == (1000, 784)
+    again = nk.data.mnist5k_split()
+    assert torch.equal(again[0], x_train) and torch.equal(again[3], y_test)
+    counts_train, counts_test = torch.bincount(y_train, minlength=10), torch.bincount(y_test, minlength=10)
+    assert torch.all((counts_train.float() / 4 - counts_test.float()).abs() <= 1)  # stratified: 4:1 per class
+    rows = {tuple(r) for r in x_train[:, 200:260].tolist()}
+    assert not any(tuple(r) in rows for r in x_test[:, 200:260].tolist() if any(r))

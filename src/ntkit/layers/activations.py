@@ -12,6 +12,7 @@ quadrature and Mehler's series (:mod:`ntkit.kernels.quadrature`); the named subc
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -27,6 +28,18 @@ from .base import Layer, Signature
 
 __all__ = ["Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin", "Cos", "Identity", "Tanh", "Sigmoid",
            "Softplus", "ElementwiseModule", "activation_from_name", "ACTIVATION_NAMES"]
+
+
+def _identity(u):
+    return u
+
+
+def _tanh_derivative(u):
+    return 1.0 - torch.tanh(u) ** 2
+
+
+def _sigmoid_derivative(u):
+    return torch.sigmoid(u) * torch.sigmoid(-u)
 
 
 class ElementwiseModule(nn.Module):
@@ -73,12 +86,25 @@ class Activation(Layer):
         if derivative is not None and not callable(derivative):
             raise TypeError(f"derivative must be callable or None; got {type(derivative).__name__}")
         self.fn = fn
+        self._given_derivative = derivative
         self.derivative = derivative if derivative is not None else derivative_by_autograd(fn)
         self.degree = check_positive_int(degree, "degree")
         self.name = name or getattr(fn, "__name__", "Activation")
 
     def __repr__(self) -> str:
         return f"Activation({self.name}, degree={self.degree})"
+
+    # Architectures are pickled by scikit-learn (clone, joblib): the autograd derivative is a local closure, so it
+    # is rebuilt on unpickling instead of stored. σ itself must be picklable (a torch function, not a lambda).
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("derivative")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        given = state["_given_derivative"]
+        self.derivative = given if given is not None else derivative_by_autograd(self.fn)
 
     def module(self) -> nn.Module:
         return ElementwiseModule(self.fn, self.name)
@@ -166,7 +192,7 @@ class LeakyReLU(_ClosedForm):
             raise TypeError(f"negative_slope must be a real number; got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
         slope = self.negative_slope
-        super().__init__(lambda u: F.leaky_relu(u, slope), "leaky_relu")
+        super().__init__(partial(F.leaky_relu, negative_slope=slope), "leaky_relu")
 
     def __repr__(self) -> str:
         return f"LeakyReLU({self.negative_slope:g})"
@@ -241,7 +267,7 @@ class Identity(_ClosedForm):
     """σ(u) = u (a deep linear network)."""
 
     def __init__(self):
-        super().__init__(lambda u: u, "identity")
+        super().__init__(_identity, "identity")
 
     def module(self):
         return nn.Identity()
@@ -254,7 +280,7 @@ class Tanh(Activation):
     """σ = tanh, by quadrature (no closed form), with σ' = 1 - tanh²."""
 
     def __init__(self, degree: int = DEFAULT_DEGREE):
-        super().__init__(torch.tanh, lambda u: 1.0 - torch.tanh(u) ** 2, degree=degree, name="tanh")
+        super().__init__(torch.tanh, _tanh_derivative, degree=degree, name="tanh")
 
     def module(self):
         return nn.Tanh()
@@ -264,7 +290,7 @@ class Sigmoid(Activation):
     """σ = logistic sigmoid, by quadrature, with σ' = s(1 - s)."""
 
     def __init__(self, degree: int = DEFAULT_DEGREE):
-        super().__init__(torch.sigmoid, lambda u: torch.sigmoid(u) * torch.sigmoid(-u), degree=degree,
+        super().__init__(torch.sigmoid, _sigmoid_derivative, degree=degree,
                          name="sigmoid")
 
     def module(self):

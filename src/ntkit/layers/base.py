@@ -197,6 +197,11 @@ class Serial(Layer):
                                                              else "in_features")
         self._fused_steps: dict = {}
 
+    def __getstate__(self):  # compiled steps are a per-process cache: not pickled, not deep-copied
+        state = dict(self.__dict__)
+        state["_fused_steps"] = {}
+        return state
+
     @property
     def in_features(self) -> int | None:
         """The input dimension for flat inputs (None for image inputs or when not given)."""

@@ -24,7 +24,7 @@ from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .kernels import as_tensor, check_architecture, fully_connected
+from .kernels import as_tensor, resolve_architecture, shaped
 
 __all__ = ["NTKRegressor", "NTKClassifier"]
 
@@ -47,7 +47,7 @@ class _KernelMachine(BaseEstimator):
     """Shared fitting of the dual coefficients α_t (see the module docstring) and kernel evaluation."""
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
-                 learning_rate=1.0, diag_reg=1e-4):
+                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None):
         self.hidden_layers = hidden_layers
         self.activation = activation
         self.w_std = w_std
@@ -56,10 +56,16 @@ class _KernelMachine(BaseEstimator):
         self.t = t
         self.learning_rate = learning_rate
         self.diag_reg = diag_reg
+        self.architecture = architecture
+        self.input_shape = input_shape
+
+    def _arch(self):
+        return resolve_architecture(self.architecture, self.input_shape, self.hidden_layers, self.activation,
+                                    self.w_std, self.b_std, type(self).__name__)
 
     def _check_params(self) -> None:
         owner = type(self).__name__
-        check_architecture(self.hidden_layers, self.activation, self.w_std, self.b_std, owner)
+        self._arch()
         if self.kernel not in KERNEL_KINDS:
             raise ValueError(f"{owner}: kernel must be one of {KERNEL_KINDS}; got {self.kernel!r}")
         _check_positive(self.t, "t", owner, allow_zero=True, allow_inf=True)
@@ -67,10 +73,12 @@ class _KernelMachine(BaseEstimator):
         _check_positive(self.diag_reg, "diag_reg", owner, allow_zero=True)
 
     def _kernel(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
-        """The (N1, N2) float64 NTK or NNGP of ``nk.mlp(hidden_layers, ., activation, w_std, b_std)``."""
-        arch = fully_connected(self.hidden_layers, self.activation, self.w_std, self.b_std)
-        x2 = None if x2 is None else as_tensor(x2)
-        return arch.kernel(as_tensor(x1), x2, get=self.kernel)[self.kernel]
+        """The (N1, N2) float64 NTK or NNGP of the architecture (``nk.mlp(hidden_layers, ., activation, w_std,
+        b_std)`` unless ``architecture`` is given), rows reshaped to ``input_shape`` when given."""
+        owner = type(self).__name__
+        x1 = shaped(as_tensor(x1), self.input_shape, owner)
+        x2 = None if x2 is None else shaped(as_tensor(x2), self.input_shape, owner)
+        return self._arch().kernel(x1, x2, get=self.kernel)[self.kernel]
 
     def _fit_dual_coef(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """α_t (N, O) for targets (N, O), from the train-train kernel of ``x``."""
@@ -127,6 +135,9 @@ class NTKRegressor(RegressorMixin, _KernelMachine):
         t: training time in gradient-descent steps of size ``learning_rate`` (0 ≤ t ≤ inf).
         learning_rate: η (> 0); only the product η·t matters.
         diag_reg: relative ridge r/(tr Θ/N) ≥ 0, as ``nk.GradientFlow``'s diag_reg.
+        architecture: any ntkit architecture (``nk.cnn(3)``, ``nk.myrtle(5)``, an ``nk.Serial``) instead of the
+            MLP of the parameters above (which are then ignored).
+        input_shape: the per-sample shape the rows of X are reshaped to, e.g. (1, 28, 28) for images.
 
     Attributes:
         X_fit_: (N, d) training inputs (float64); dual_coef_: (N, O) α_t; n_features_in_.
@@ -175,8 +186,9 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
     """
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
-                 learning_rate=1.0, diag_reg=1e-4, solver="regression", C=1.0):
-        super().__init__(hidden_layers, activation, w_std, b_std, kernel, t, learning_rate, diag_reg)
+                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None, solver="regression", C=1.0):
+        super().__init__(hidden_layers, activation, w_std, b_std, kernel, t, learning_rate, diag_reg, architecture,
+                         input_shape)
         self.solver = solver
         self.C = C
 

@@ -20,7 +20,7 @@ import torch
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 
 from .._validation import check_finite
-from ..layers import mlp
+from ..layers import Layer, mlp
 from ..layers.activations import ACTIVATION_NAMES
 from .recursion import mlp_kernel_with_tangents
 
@@ -42,6 +42,40 @@ def fully_connected(hidden_layers, activation, w_std, b_std):
     """``nk.mlp`` of the given depth and activation. Width 1: in the NTK parameterisation the limit does not
     depend on the width, so any width describes the same kernels."""
     return mlp(int(hidden_layers), 1, activation=activation, w_std=float(w_std), b_std=float(b_std))
+
+
+def check_input_shape(input_shape, owner: str) -> tuple[int, ...] | None:
+    """None, or the per-sample shape rows of X are reshaped to, e.g. (1, 28, 28)."""
+    if input_shape is None:
+        return None
+    if not isinstance(input_shape, (tuple, list)) or not input_shape or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in input_shape):
+        raise ValueError(f"{owner}: input_shape must be None or a tuple of positive ints such as (1, 28, 28); "
+                         f"got {input_shape!r}")
+    return tuple(int(v) for v in input_shape)
+
+
+def resolve_architecture(architecture, input_shape, hidden_layers, activation, w_std, b_std, owner: str):
+    """The ntkit architecture an estimator or kernel uses: ``architecture`` when given, else the MLP of the
+    fully-connected parameters (checked either way, with errors naming ``owner``'s parameter)."""
+    check_input_shape(input_shape, owner)
+    if architecture is None:
+        check_architecture(hidden_layers, activation, w_std, b_std, owner)
+        return fully_connected(hidden_layers, activation, w_std, b_std)
+    if not isinstance(architecture, Layer):
+        raise TypeError(f"{owner}: architecture must be an ntkit architecture (nk.Serial, nk.myrtle(...), "
+                        f"nk.cnn(...), ...) or None; got {type(architecture).__name__}")
+    return architecture
+
+
+def shaped(x: torch.Tensor, input_shape, owner: str) -> torch.Tensor:
+    """Rows of the 2-D ``x`` as samples of ``input_shape`` (x itself when None)."""
+    if input_shape is None:
+        return x
+    size = int(np.prod(input_shape))
+    if x.shape[1] != size:
+        raise ValueError(f"{owner}: X has {x.shape[1]} features but input_shape={tuple(input_shape)} holds {size}")
+    return x.reshape(x.shape[0], *input_shape)
 
 
 def as_float64_inputs(X, name: str) -> torch.Tensor:
@@ -72,26 +106,33 @@ class _FullyConnectedKernel(Kernel):
     kind = "ntk"
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, w_std_bounds=(1e-2, 1e2),
-                 b_std_bounds=(1e-5, 1e2)):
+                 b_std_bounds=(1e-5, 1e2), architecture=None, input_shape=None):
         self.hidden_layers = hidden_layers
         self.activation = activation
         self.w_std = w_std
         self.b_std = b_std
         self.w_std_bounds = w_std_bounds
         self.b_std_bounds = b_std_bounds
+        self.architecture = architecture
+        self.input_shape = input_shape
 
-    # sklearn collects hyperparameters from the attributes named hyperparameter_*, in alphabetical order.
+    # sklearn collects hyperparameters from the attributes named hyperparameter_*, in alphabetical order. A given
+    # architecture carries its own w_std and b_std per layer, so the kernel then has no free hyperparameter.
     @property
     def hyperparameter_w_std(self):
-        return Hyperparameter("w_std", "numeric", self.w_std_bounds)
+        return Hyperparameter("w_std", "numeric", "fixed" if self.architecture is not None else self.w_std_bounds)
 
     @property
     def hyperparameter_b_std(self):
-        return Hyperparameter("b_std", "numeric", self.b_std_bounds)
+        return Hyperparameter("b_std", "numeric", "fixed" if self.architecture is not None else self.b_std_bounds)
+
+    def _arch(self):
+        return resolve_architecture(self.architecture, self.input_shape, self.hidden_layers, self.activation,
+                                    self.w_std, self.b_std, type(self).__name__)
 
     def _check(self) -> None:
         name = type(self).__name__
-        check_architecture(self.hidden_layers, self.activation, self.w_std, self.b_std, name)
+        self._arch()
         for hyper in self.hyperparameters:
             # theta is log(value): a free hyperparameter at 0 would sit at log 0 = -inf
             if not hyper.fixed and getattr(self, hyper.name) <= 0:
@@ -107,12 +148,16 @@ class _FullyConnectedKernel(Kernel):
         if eval_gradient:
             if Y is not None:
                 raise ValueError("Gradient can only be evaluated when Y is None.")
+            if self.architecture is not None:  # no free hyperparameters: the gradient has no columns
+                return self(X), np.empty((x.shape[0], x.shape[0], 0))
             return self._value_and_gradient(x)
         y = None if Y is None else as_float64_inputs(Y, "Y")
         if y is not None and y.shape[1] != x.shape[1]:
             raise ValueError(f"X has {x.shape[1]} features but Y has {y.shape[1]}")
-        arch = fully_connected(self.hidden_layers, self.activation, self.w_std, self.b_std)
-        value = arch.kernel(x, y, get=self.kind)[self.kind]
+        owner = type(self).__name__
+        x = shaped(x, self.input_shape, owner)
+        y = None if y is None else shaped(y, self.input_shape, owner)
+        value = self._arch().kernel(x, y, get=self.kind)[self.kind]
         return value.numpy()
 
     def _value_and_gradient(self, x: torch.Tensor):
@@ -140,6 +185,9 @@ class _FullyConnectedKernel(Kernel):
         """k(x, x) for each row of X, (n_X,), by the 1-D variance recursion (O(n_X), not the n_X² grid)."""
         self._check()
         x = as_float64_inputs(X, "X")
+        if self.architecture is not None:  # one self-pair per row
+            arch, x = self._arch(), shaped(x, self.input_shape, type(self).__name__)
+            return np.array([float(arch.kernel(x[i:i + 1], get=self.kind)[self.kind][0, 0]) for i in range(len(x))])
         sq = (x * x).sum(1) / x.shape[1]
         value, _ = mlp_kernel_with_tangents(sq, sq, sq, same_point=True, **self._recursion_options())
         return value.numpy()
@@ -149,6 +197,8 @@ class _FullyConnectedKernel(Kernel):
         return False
 
     def __repr__(self):
+        if self.architecture is not None:
+            return f"{type(self).__name__}(architecture={self.architecture!r}, input_shape={self.input_shape!r})"
         return (f"{type(self).__name__}(hidden_layers={self.hidden_layers}, activation={self.activation!r}, "
                 f"w_std={self.w_std:.3g}, b_std={self.b_std:.3g})")
 
@@ -167,6 +217,9 @@ class NTK(_FullyConnectedKernel):
         activation: a name from ``ntkit.layers.ACTIVATION_NAMES`` ("relu", "erf", "tanh", ...).
         w_std, b_std: weight and bias standard deviations (hyperparameters; theta holds their logs).
         w_std_bounds, b_std_bounds: (low, high) for the optimiser, or "fixed".
+        architecture: any ntkit architecture (e.g. ``nk.myrtle(5)``, ``nk.cnn(3)``) instead of the MLP above;
+            its layers carry their own w_std and b_std, so the kernel then has no free hyperparameters.
+        input_shape: the per-sample shape rows of X are reshaped to, e.g. (1, 28, 28) for an image architecture.
     """
 
     kind = "ntk"
