@@ -14,8 +14,8 @@ from importlib import import_module
 
 from .kernels import Kernel
 from .layers import (Abs, Activation, AvgPool1d, AvgPool2d, Conv1d, Conv2d, Cos, Dense, Erf, Flatten, GELU,
-                     GlobalAvgPool, Identity, Layer, LayerNorm, LeakyReLU, ReLU, Residual, Serial, Sigmoid, Sin, Softplus,
-                     Tanh, cnn, mlp, myrtle)
+                     GlobalAvgPool, Identity, Layer, LayerNorm, LeakyReLU, ReLU, Residual, SelfAttention, Serial, Sigmoid,
+                     Sin, Softplus, Tanh, cnn, mlp, myrtle)
 
 __version__ = "0.1.0"
 
@@ -50,5 +50,5 @@ def __getattr__(name):
 
 
 __all__ = ["Kernel", "Layer", "Serial", "Dense", "mlp", "Conv1d", "Conv2d", "AvgPool1d", "AvgPool2d", "GlobalAvgPool",
-           "Flatten", "myrtle", "cnn", "Residual", "LayerNorm", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin",
+           "Flatten", "myrtle", "cnn", "Residual", "LayerNorm", "SelfAttention", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin",
            "Cos", "Identity", "Tanh", "Sigmoid", "Softplus", *_LAZY]

@@ -5,7 +5,7 @@ blocks [[K(x,x), K(x,x')], [K(x',x), K(x',x')]], and applies each layer as writt
 a conv is Σ_d E_d J E_dᵀ with E_d the matrix that picks input position p·s + d (zero where padded), a pooling is
 P J Pᵀ with P the averaging matrix, an activation is its dual kernel entrywise with variances diag(J), Flatten and
 GlobalAvgPool average each block's diagonal or all of it, a residual adds its branches, LayerNorm divides by
-√(diag(J) diag(J)ᵀ). No forms, tiles, tapes or window sums: nothing it shares
+√(diag(J) diag(J)ᵀ), self-attention multiplies by softmax(qk·K(x, x)) on each side. No forms, tiles, tapes or window sums: nothing it shares
 with ntkit's engine but the layers' hyper-parameters and their activations' dual functions.
 """
 
@@ -60,6 +60,14 @@ def _run(layers, joint, theta, width, shape):
             b = (joint, theta, width, shape) if layer.shortcut is None else \
                 _run(layer.shortcut.flatten(), joint, theta, width, shape)
             joint, theta, width, shape = a[0] + b[0], a[1] + b[1], a[2], a[3]
+        elif isinstance(layer, nk.SelfAttention):
+            pos = math.prod(shape)
+            own = [joint[:pos, :pos], joint[pos:, pos:]]
+            mix = torch.block_diag(*(torch.softmax(layer.qk_std * k, -1) for k in own))
+            mixed_k, mixed_t = mix @ joint @ mix.T, mix @ theta @ mix.T
+            ov2, b2 = layer.ov_std ** 2, layer.b_std ** 2
+            joint, theta = ov2 * mixed_k + b2, ov2 * mixed_t + b2 + 2 * ov2 * mixed_k
+            width = layer.out_channels
         elif isinstance(layer, nk.LayerNorm):
             root = joint.diagonal().sqrt()
             joint, theta = joint / torch.outer(root, root), theta / torch.outer(root, root)

@@ -136,3 +136,12 @@ def test_errors_inside_a_residual_block_name_the_nested_position():
     with pytest.raises(ValueError, match=r"layer 1 \(Residual\(.*\)\), block, layer 1 \(Dense\(4.*\)\) needs a flat "
                                          r"input"):
         arch.kernel(IMAGES)
+
+
+def test_self_attention_on_images():
+    arch = nk.Serial(nk.Conv2d(4, 3), nk.SelfAttention(4), nk.Flatten(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"layer 1 \(SelfAttention\(4.*\)\) attends over the positions of \(N, C, L\) "
+                                         r"sequences but receives shape \(4, 6, 6\)"):
+        arch.kernel(IMAGES)
+    with pytest.raises(ValueError, match="SelfAttention: heads must be a positive integer"):
+        nk.SelfAttention(4, heads=0)

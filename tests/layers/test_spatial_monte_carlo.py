@@ -117,3 +117,24 @@ def test_two_nonlinearities_match_monte_carlo_up_to_the_finite_width_bias():
     nngp, ntk = _samples(arch, IMAGES)
     _assert_close_up_to_bias(nngp, exact.nngp, c)
     _assert_close_up_to_bias(ntk, exact.ntk, c)
+
+
+def test_self_attention_matches_monte_carlo_up_to_the_finite_width_bias():
+    """The finite attention's logits are an average over C channels and d_key key units that converges to
+    qk·K(x, x) with O(1/√width) fluctuations, passed through a softmax: an O(1/C + 1/d_key) bias, allowance
+    4/C + 4/d_key of ‖K‖ (3% here) plus 5 times the noise of the mean."""
+    keys = 256
+    arch = nk.Serial(nk.Conv1d(CHANNELS, 3, b_std=0.2),
+                     nk.SelfAttention(CHANNELS, heads=4, key_channels=keys, value_channels=64, qk_std=1.5, ov_std=1.2,
+                                      b_std=0.1),
+                     nk.Flatten(), nk.Dense(1, b_std=0.1))
+    exact = arch.kernel(SEQUENCES)
+    nngp, ntk = _samples(arch, SEQUENCES)
+    for samples, target in ((nngp, exact.nngp), (ntk, exact.ntk)):
+        error = (samples.mean(0) - target).norm()
+        noise = (samples.var(0).sum() / len(samples)).sqrt()
+        assert error < 5 * noise + (4 / CHANNELS + 4 / keys) * target.norm(), (error, noise)
+    # The attention really attends: the kernel differs from the same network with uniform weights (qk_std = 0).
+    uniform = nk.Serial(*arch.layers[:1], nk.SelfAttention(CHANNELS, qk_std=0.0, ov_std=1.2, b_std=0.1),
+                        *arch.layers[2:]).kernel(SEQUENCES)
+    assert (uniform.ntk - exact.ntk).norm() > 0.05 * exact.ntk.norm()

@@ -49,6 +49,8 @@ class KernelState:
     tape: the spatial engine's source of per-position variances (:mod:`ntkit.kernels.spatial_evaluate`)
     inputs: (x1 tile, x2 tile, aligned) while ``nngp`` is still None: the spatial engine defers the input
         covariance so that a first Conv can compute its output covariance from patches in one product
+    self1, self2: the full self-covariances K(x, x)[p, p''] of the tile's rows (t1, 1, S, S) and columns
+        (1, t2, S, S), supplied by the tape to layers that need them (self-attention)
     scratch: the spatial engine's buffer pool (:mod:`ntkit.kernels.scratch`); owned: whether the rules may
         overwrite and recycle this state's tensors (False where a composite layer still needs them)
     """
@@ -65,6 +67,8 @@ class KernelState:
     inputs: tuple | None = None
     scratch: object = None
     owned: bool = True
+    self1: object = None
+    self2: object = None
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)

@@ -36,32 +36,37 @@ _PROGRESS_MIN_TILES = 64
 
 
 class RecordingTape:
-    """Self pass: reads q(x, p) off a tile of self-pairs (t, 1, ...) before each layer and records it."""
+    """Self pass: reads q(x, p) off a tile of self-pairs (t, 1, ...) before each layer that needs it and records
+    it, with the full self-covariance K(x, x) for layers that need that too (self-attention)."""
 
     def __init__(self):
-        self.values: list[torch.Tensor] = []
+        self.values: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
-    def supply(self, state: KernelState) -> KernelState:
+    def supply(self, state: KernelState, full: bool = False) -> KernelState:
         own = diagonal(state.nngp, len(state.spatial)) if state.form == "full" else state.nngp
         v = own[:, 0].clone()  # the state is overwritten in place by the next rules
-        self.values.append(v)
+        cov = state.nngp[:, 0].clone() if full else None
+        self.values.append((v, cov))
         return state.replace(var1=variance_layout(v, state.form, 1, aligned=True),
-                             var2=variance_layout(v, state.form, 2, aligned=True))
+                             var2=variance_layout(v, state.form, 2, aligned=True),
+                             self1=None if cov is None else cov[:, None], self2=None if cov is None else cov[:, None])
 
 
 class ReplayTape:
-    """Pair pass: before the k-th layer, the recorded variances of the tile's rows (x1) and columns (x2)."""
+    """Pair pass: before the k-th such layer, the recorded variances (and self-covariances) of the tile's rows
+    (x1) and columns (x2)."""
 
-    def __init__(self, records1: list[torch.Tensor], records2: list[torch.Tensor], rows: slice, cols: slice,
-                 step: int = 0):
+    def __init__(self, records1: list, records2: list, rows: slice, cols: slice, step: int = 0):
         self.records1, self.records2, self.rows, self.cols = records1, records2, rows, cols
         self.step = step
 
-    def supply(self, state: KernelState) -> KernelState:
-        v1 = self.records1[self.step][self.rows]
-        v2 = self.records2[self.step][self.cols]
+    def supply(self, state: KernelState, full: bool = False) -> KernelState:
+        (v1, cov1), (v2, cov2) = self.records1[self.step], self.records2[self.step]
         self.step += 1
-        return state.replace(var1=variance_layout(v1, state.form, 1), var2=variance_layout(v2, state.form, 2))
+        return state.replace(var1=variance_layout(v1[self.rows], state.form, 1),
+                             var2=variance_layout(v2[self.cols], state.form, 2),
+                             self1=None if cov1 is None else cov1[self.rows, None],
+                             self2=None if cov2 is None else cov2[None, self.cols])
 
 
 def _initial_state(x1: torch.Tensor, x2: torch.Tensor, aligned: bool, need_ntk: bool, tape,
@@ -79,15 +84,17 @@ def _run(layers, forms, state: KernelState, need_ntk: bool) -> KernelState:
     return state
 
 
-def _self_variances(layers, forms, x: torch.Tensor, chunk: int, scratch: Scratch) -> list[torch.Tensor]:
-    """The tape of the self pass: for each layer in visiting order, q(x, p) for every point, (N, *S_layer)."""
+def _self_variances(layers, forms, x: torch.Tensor, chunk: int, scratch: Scratch) -> list[tuple]:
+    """The tape of the self pass: for each layer that reads it, in visiting order, q(x, p) for every point
+    (N, *S_layer), and K(x, x) (N, *S, *S) where the layer needs the full self-covariance (else None)."""
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, x.shape[0], chunk):
         part = x[start:start + chunk]
         tape = RecordingTape()
         _run(layers, forms, _initial_state(part, part, True, False, tape, scratch), False)
         chunks.append(tape.values)
-    return [torch.cat(values) for values in zip(*chunks)]
+    return [(torch.cat([v for v, _ in steps]), None if steps[0][1] is None else torch.cat([c for _, c in steps]))
+            for steps in zip(*chunks)]
 
 
 def _mirror(t, form: str, dims: int):

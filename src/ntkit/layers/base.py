@@ -68,6 +68,7 @@ class Layer:
     fusable: bool = True
     tile_cost: int = 8
     needs_variances: bool = False  # whether the rule reads var1/var2 (the spatial engine's tape supplies them)
+    needs_self_covariance: bool = False  # whether it reads self1/self2, each point's full K(x, x) (attention)
     reads_inputs: bool = False  # whether input_rule can start from the raw inputs (see apply_layer)
     mutates_input: bool = False  # whether the rule overwrites its input state's tensors
 
@@ -131,8 +132,8 @@ def apply_layer(layer: Layer, state: KernelState, need_ntk: bool, out_form: str)
         consumed += [state.nngp, state.ntk]
         ntk = state.ntk if not isinstance(state.ntk, torch.Tensor) else to_form(state.ntk, state.form, wanted, dims)
         state = state.replace(nngp=to_form(state.nngp, state.form, wanted, dims), ntk=ntk, form=wanted, owned=True)
-    if layer.needs_variances and state.tape is not None:
-        state = state.tape.supply(state)
+    if (layer.needs_variances or layer.needs_self_covariance) and state.tape is not None:
+        state = state.tape.supply(state, layer.needs_self_covariance)
     if not state.owned and layer.mutates_input:
         state = state.replace(nngp=state.nngp.clone(),
                               ntk=state.ntk.clone() if isinstance(state.ntk, torch.Tensor) else state.ntk, owned=True)
