@@ -41,15 +41,24 @@ CASES = [(arch, IMAGES) for arch in ARCHITECTURES_2D.values()] + [(arch, SEQUENC
 IDS = [*ARCHITECTURES_2D, *ARCHITECTURES_1D]
 
 
-@pytest.mark.parametrize("arch, x", CASES, ids=IDS)
-def test_matches_the_pair_by_pair_reference(arch, x):
-    # Distinct points: at a point paired with itself, arccos-based duals (ReLU, Abs) turn a last-bit difference in
-    # the correlation ρ ≈ 1 into √ε ≈ 1e-8 (two summation orders of the same Gram entry differ in the last bit).
-    others = torch.randn(3, *x.shape[1:], dtype=x.dtype)
+def _check_against_reference(arch, x):
+    """Reference values on distinct points, symmetric evaluation equal to the explicit one, PSD.
+
+    Distinct points: at a point paired with itself, arccos-based duals (ReLU, Abs) turn a last-bit difference in
+    the correlation ρ ≈ 1 into √ε ≈ 1e-8 (two summation orders of the same Gram entry differ in the last bit)."""
+    others = torch.randn(3, *x.shape[1:], dtype=torch.float64)
     nngp, ntk = reference_kernel(arch, x, others)
     k = arch.kernel(x, others)
     torch.testing.assert_close(k.nngp, nngp, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(k.ntk, ntk, rtol=1e-12, atol=1e-14)
+    sym = arch.kernel(x)
+    torch.testing.assert_close(sym.ntk, arch.kernel(x, x.clone()).ntk, rtol=1e-12, atol=0)
+    assert torch.linalg.eigvalsh(sym.ntk).min() > -1e-12 * sym.ntk.max()
+
+
+@pytest.mark.parametrize("arch, x", CASES, ids=IDS)
+def test_matches_the_pair_by_pair_reference(arch, x):
+    _check_against_reference(arch, x)
 
 
 @pytest.mark.parametrize("arch, x", CASES, ids=IDS)
@@ -171,15 +180,7 @@ RESIDUAL_CASES = {
 
 @pytest.mark.parametrize("name", list(RESIDUAL_CASES))
 def test_residual_and_layernorm_match_the_reference(name):
-    arch = RESIDUAL_CASES[name]
-    others = torch.randn(3, *IMAGES.shape[1:], dtype=torch.float64)
-    nngp, ntk = reference_kernel(arch, IMAGES, others)
-    k = arch.kernel(IMAGES, others)
-    torch.testing.assert_close(k.nngp, nngp, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(k.ntk, ntk, rtol=1e-12, atol=1e-14)
-    sym = arch.kernel(IMAGES)
-    torch.testing.assert_close(sym.ntk, arch.kernel(IMAGES, IMAGES.clone()).ntk, rtol=1e-12, atol=0)
-    assert torch.linalg.eigvalsh(sym.ntk).min() > -1e-12 * sym.ntk.max()
+    _check_against_reference(RESIDUAL_CASES[name], IMAGES)
 
 
 def test_flat_residual_and_layernorm_in_the_flat_engine():
@@ -239,15 +240,7 @@ ATTENTION_CASES = {
 def test_self_attention_matches_the_reference(name):
     """Hron et al.'s tied, 1/d-scaled attention: A(x) = softmax(qk·K(x, x)) on each side (neural-tangents'
     GlobalSelfAttention(linear_scaling=True) gives the same kernel to 2e-16 on these sequences, checked by hand)."""
-    arch = ATTENTION_CASES[name]
-    others = torch.randn(3, *SEQUENCES.shape[1:], dtype=torch.float64)
-    nngp, ntk = reference_kernel(arch, SEQUENCES, others)
-    k = arch.kernel(SEQUENCES, others)
-    torch.testing.assert_close(k.nngp, nngp, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(k.ntk, ntk, rtol=1e-12, atol=1e-14)
-    sym = arch.kernel(SEQUENCES)
-    torch.testing.assert_close(sym.ntk, arch.kernel(SEQUENCES, SEQUENCES.clone()).ntk, rtol=1e-12, atol=0)
-    assert torch.linalg.eigvalsh(sym.ntk).min() > -1e-12 * sym.ntk.max()
+    _check_against_reference(ATTENTION_CASES[name], SEQUENCES)
 
 
 def test_self_attention_module_shapes():

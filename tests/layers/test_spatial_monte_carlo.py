@@ -122,7 +122,10 @@ def test_two_nonlinearities_match_monte_carlo_up_to_the_finite_width_bias():
 def test_self_attention_matches_monte_carlo_up_to_the_finite_width_bias():
     """The finite attention's logits are an average over C channels and d_key key units that converges to
     qk·K(x, x) with O(1/√width) fluctuations, passed through a softmax: an O(1/C + 1/d_key) bias, allowance
-    4/C + 4/d_key of ‖K‖ (3% here) plus 5 times the noise of the mean."""
+    4/C + 4/d_key of ‖K‖ (3% here) plus 5 times the noise of the mean. The attention networks fluctuate more than
+    the others (noise of the mean ≈ 3% of ‖K‖ with 32 networks, measured error 3-4%), so this pins the finite module
+    to its limit within ~15-20%; the rule itself is pinned exactly by the reference test (test_spatial_kernels.py),
+    and equals neural-tangents' to 2e-16."""
     keys = 256
     arch = nk.Serial(nk.Conv1d(CHANNELS, 3, b_std=0.2),
                      nk.SelfAttention(CHANNELS, heads=4, key_channels=keys, value_channels=64, qk_std=1.5, ov_std=1.2,
