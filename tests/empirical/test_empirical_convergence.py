@@ -64,7 +64,7 @@ def test_bad_arguments():
         width_convergence(nk.mlp(1, 4), x, widths=[0])
     with pytest.raises(TypeError, match="ntkit Layer/Serial or a function"):
         width_convergence("mlp", x, widths=[8])
-    with pytest.raises(ValueError, match="no Dense layer"):
+    with pytest.raises(ValueError, match="no Dense or Conv layer"):
         width_convergence(nk.ReLU(), x, widths=[8])
     with pytest.raises(TypeError, match="widths must be a sequence of integers; got 8"):
         width_convergence(nk.mlp(1, 4), x, widths=8)
@@ -87,3 +87,15 @@ def test_undefined_relative_errors_and_slopes_are_refused():
     exact = WidthConvergence((8, 16), (0,), torch.tensor([[0.1], [0.0]], dtype=torch.float64))
     with pytest.raises(ValueError, match="positive errors"):
         exact.slope()
+
+
+def test_conv_networks_converge_to_their_limit():
+    """with_width resizes the conv channels too; the relative NTK error falls like C^(-1/2)."""
+    torch.manual_seed(0)
+    images = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    arch = nk.Serial(nk.Conv2d(1, 3, b_std=0.1), nk.ReLU(), nk.AvgPool2d(2), nk.Conv2d(1, 2), nk.ReLU(),
+                     nk.Flatten(), nk.Dense(1))
+    study = width_convergence(arch, images, widths=[16, 64, 256], seeds=[0, 1, 2])
+    slope, _, stderr = study.slope()
+    assert study.errors.shape == (3, 3) and study.errors[0].mean() > study.errors[2].mean()
+    assert abs(slope + 0.5) < 3 * stderr + 0.15, (slope, stderr)

@@ -72,3 +72,14 @@ def test_every_tiling_gives_the_same_kernel(monkeypatch, budget):
         torch.testing.assert_close(k.nngp, reference.nngp, rtol=1e-13, atol=0)
         k2 = arch.kernel(x, x[:5], batch_size=batch_size)
         torch.testing.assert_close(k2.ntk, reference.ntk[:, :5], rtol=1e-13, atol=0)
+
+
+def test_symmetrisation_by_blocks_keeps_the_upper_triangle():
+    from ntkit.kernels.spatial_evaluate import _symmetrize_mirrored
+
+    a = torch.randn(10, 10, dtype=torch.float64)
+    expected = torch.triu(a, 1) + torch.triu(a, 1).T + torch.diag(a.diagonal())
+    for block in (1, 3, 16):
+        b = a.clone()
+        _symmetrize_mirrored(b, None, block=block)
+        assert torch.equal(b, expected)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .._validation import as_input_tensor, check_positive_int
 from ..layers.base import Layer, Serial
+from ..layers.conv import _Conv
 from ..layers.dense import Dense
 from .api import empirical_ntk
 from .blocks import tqdm_disable
@@ -65,17 +66,23 @@ class WidthConvergence:
 
 
 def with_width(architecture: Layer, width: int) -> Serial:
-    """The architecture with every hidden ``Dense`` layer resized to ``width`` (the last Dense, the output, kept)."""
+    """The architecture with every hidden ``Dense`` layer (the last Dense, the output, kept) and every top-level
+    ``Conv1d``/``Conv2d`` resized to ``width`` units / channels."""
     layers = architecture.flatten()
     dense_positions = [i for i, layer in enumerate(layers) if isinstance(layer, Dense)]
-    if not dense_positions:
-        raise ValueError("the architecture has no Dense layer whose width could vary; pass a function width -> "
-                         "architecture instead")
+    conv_positions = [i for i, layer in enumerate(layers) if isinstance(layer, _Conv)]
+    if not dense_positions and not conv_positions:
+        raise ValueError("the architecture has no Dense or Conv layer whose width could vary; pass a function "
+                         "width -> architecture instead")
     resized = list(layers)
     for i in dense_positions[:-1]:
         old = layers[i]
         resized[i] = Dense(width, w_std=old.w_std, b_std=old.b_std, parameterization=old.parameterization)
-    return Serial(*resized, in_features=getattr(architecture, "in_features", None))
+    for i in conv_positions:
+        old = layers[i]
+        resized[i] = type(old)(width, old.kernel_size, old.stride, old.padding, old.w_std, old.b_std,
+                               old.parameterization)
+    return Serial(*resized, in_shape=getattr(architecture, "in_shape", None))
 
 
 def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: Sequence[int],
@@ -86,7 +93,7 @@ def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: S
     Args:
         architecture: an ntkit architecture (``nk.mlp(...)``, ``nk.Serial(...)``), whose hidden Dense layers are
             resized to each width, or a function ``width -> architecture``.
-        x: (N, d) inputs; the kernels are computed in their dtype (use float64 to see small errors).
+        x: (N, d), (N, C, L) or (N, C, H, W) inputs; the kernels are computed in their dtype (use float64 to see small errors).
         widths: hidden widths n to build.
         seeds: initialisation seeds (``arch.build(seed=...)``) per width.
         method: ``empirical_ntk`` method.
@@ -96,7 +103,7 @@ def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: S
     Returns:
         ``WidthConvergence`` with ``errors`` (len(widths), len(seeds)) and ``slope()`` (≈ -1/2 expected).
     """
-    x = as_input_tensor(x, "x", ndim=2)
+    x = as_input_tensor(x, "x", ndim=(2, 3, 4))
     widths = tuple(check_positive_int(w, "widths[i]") for w in _as_sequence(widths, "widths"))
     seeds = tuple(_check_seed(s) for s in _as_sequence(seeds, "seeds"))
     method = check_method(method)
@@ -121,7 +128,7 @@ def width_convergence(architecture: Layer | Callable[[int], Layer], x, widths: S
                 raise ValueError("the infinite-width NTK is zero on x (e.g. x = 0 with b_std = 0), so a relative "
                                  "error is undefined; use other inputs")
             for j, seed in enumerate(seeds):
-                net = arch.build(in_features=x.shape[1], seed=seed, dtype=x.dtype, device=x.device)
+                net = arch.build(tuple(x.shape[1:]), seed=seed, dtype=x.dtype, device=x.device)
                 with torch.no_grad():
                     outputs = net(x[:1]).numel()
                 estimate = empirical_ntk(net, x, output="trace", method=method) / outputs

@@ -97,17 +97,13 @@ class _Conv(Layer):
         self.out_channels = check_positive_int(out_channels, f"{name}: out_channels")
         self.kernel_size = _per_axis(kernel_size, self.dims, f"{name}: kernel_size")
         self.stride = _per_axis(stride, self.dims, f"{name}: stride")
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"{name}: padding must be 'same', 'valid' or a non-negative int; got {padding!r}")
-            self.padding = (padding,) * self.dims
-        else:
-            values = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,) * self.dims
-            if len(values) != self.dims or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+        values = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,) * self.dims
+        if len(values) != self.dims or not all(v in ("same", "valid") if isinstance(v, str) else
+                                               isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                                for v in values):
-                raise ValueError(f"{name}: padding must be 'same', 'valid' or a non-negative int (or {self.dims} of "
-                                 f"them); got {padding!r}")
-            self.padding = values
+            raise ValueError(f"{name}: padding must be 'same', 'valid' or a non-negative int (or {self.dims} of "
+                             f"them); got {padding!r}")
+        self.padding = values
         self.w_std = check_nonnegative_float(w_std, f"{name}: w_std")
         self.b_std = check_nonnegative_float(b_std, f"{name}: b_std")
         if parameterization not in PARAMETERIZATIONS:
