@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/empirical_ntk.py --skip-slow
 	$(PY) benchmarks/dynamics.py
 	$(PY) benchmarks/tabular.py
+	$(PY) benchmarks/spatial_kernels.py
+	$(PY) benchmarks/image_kernels.py
 
 clean:
 	rm -rf $(VENV) out

@@ -173,6 +173,11 @@ RESIDUAL_CASES = {
     "residual-first-then-pool": nk.Serial(
         nk.Residual(nk.Conv2d(2, 3, b_std=0.2)), nk.AvgPool2d(2), nk.LayerNorm(), nk.Conv2d(3, 3), nk.ReLU(),
         nk.Flatten(), nk.Dense(1)),
+    # The shortcut needs the full form and the block only the diagonal: the block converts a borrowed state.
+    "block-diagonal-shortcut-full": nk.Serial(
+        nk.Conv2d(4, 3, b_std=0.1), nk.ReLU(), nk.Conv2d(4, 3),
+        nk.Residual(nk.ReLU(), nk.Conv2d(4, 3, b_std=0.2), shortcut=nk.AvgPool2d(3, stride=1, padding=1)),
+        nk.ReLU(), nk.Flatten(), nk.Dense(1)),
     "flat-residual-mlp": nk.Serial(nk.Flatten(), nk.Dense(8, b_std=0.1), nk.Residual(nk.ReLU(), nk.Dense(8)),
                                    nk.LayerNorm(), nk.GELU(), nk.Dense(1)),
 }

@@ -129,7 +129,8 @@ def apply_layer(layer: Layer, state: KernelState, need_ntk: bool, out_form: str)
         state = state.replace(nngp=cov, form=wanted, inputs=None, owned=True)
     if state.form != wanted and state.form != "flat":
         dims = len(state.spatial)
-        consumed += [state.nngp, state.ntk]
+        if state.owned:  # a borrowed state (a residual's input) is still read by the other branch
+            consumed += [state.nngp, state.ntk]
         ntk = state.ntk if not isinstance(state.ntk, torch.Tensor) else to_form(state.ntk, state.form, wanted, dims)
         state = state.replace(nngp=to_form(state.nngp, state.form, wanted, dims), ntk=ntk, form=wanted, owned=True)
     if (layer.needs_variances or layer.needs_self_covariance) and state.tape is not None:
