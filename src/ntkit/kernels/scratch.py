@@ -11,6 +11,7 @@ reuse a handful of them. Nothing is global: the pool lives in one ``arch.kernel`
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -20,21 +21,24 @@ __all__ = ["Scratch"]
 class Scratch:
     def __init__(self):
         self._free: dict[tuple, list[torch.Tensor]] = {}
-        self._lent: dict[int, torch.Tensor] = {}
+        # Lent buffers by storage address, held weakly: one that a rule drops instead of giving back is freed as
+        # usual (and its address may be reused by a later buffer, which then replaces the entry).
+        self._lent: dict[int, weakref.ref] = {}
 
     def empty(self, shape, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape`` with the dtype and device of ``like``."""
         key = (math.prod(shape), like.dtype, like.device)
         free = self._free.get(key)
         base = free.pop() if free else torch.empty(key[0], dtype=like.dtype, device=like.device)
-        self._lent[base.untyped_storage().data_ptr()] = base
+        self._lent[base.untyped_storage().data_ptr()] = weakref.ref(base)
         return base.view(shape)
 
     def give(self, *tensors) -> None:
         """Return buffers (or views of them) that no live tensor uses any more; others are ignored."""
         for t in tensors:
             if isinstance(t, torch.Tensor):
-                base = self._lent.pop(t.untyped_storage().data_ptr(), None)
+                ref = self._lent.pop(t.untyped_storage().data_ptr(), None)
+                base = None if ref is None else ref()
                 if base is not None:
                     self._free.setdefault((base.numel(), base.dtype, base.device), []).append(base)
 

@@ -68,9 +68,12 @@ def input_covariance(x1: Tensor, x2: Tensor, form: str, aligned: bool = False, s
         # One GEMM: (t1·P, C) @ (C, t2·P), then the pair axes to the front.
         left, right = a.transpose(1, 2).reshape(-1, channels), b.permute(1, 0, 2).reshape(channels, -1)
         cov = torch.mm(left, right, out=empty(scratch, (left.shape[0], right.shape[1]), left))
+        product = cov
         cov = cov.reshape(a.shape[0], a.shape[2], b.shape[0], b.shape[2]).transpose(1, 2)
-        if cov.shape[0] > 1 and cov.shape[1] > 1:
-            cov = cov.contiguous()
+        if cov.shape[0] > 1 and cov.shape[1] > 1:  # pair axes to the front: a copy, unless one side is one point
+            cov = empty(scratch, cov.shape, cov).copy_(cov)
+            if scratch is not None:
+                scratch.give(product)
     return cov.reshape(*cov.shape[:2], *spatial, *spatial).div_(channels)
 
 

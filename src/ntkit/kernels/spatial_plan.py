@@ -24,8 +24,11 @@ from .spatial import pair_size
 
 __all__ = ["DeviceInfo", "SpatialPlan", "plan_spatial", "device_info", "tile_edges", "CPU_TILE_ELEMENTS"]
 
-# Numbers per state in a CPU sub-tile: 2²⁰ float32 = 4 MiB, a few of which fit the L2/L3 caches of one socket.
+# Numbers in a CPU tile's working set (all its temporaries): 2²⁰, 4 MiB in float32, so that a rule's passes run
+# in the L2/L3 caches (a state larger than this, one 32×32 pair, gets a tile of its own).
 CPU_TILE_ELEMENTS = 1 << 20
+# A CPU group's working set, in CPU tiles.
+GROUP_TO_TILE = 8
 # Share of a GPU's free memory one tile's working set may take (the rest holds the outputs and the caller's data).
 GPU_MEMORY_SHARE = 0.25
 # Temporaries alive at once per state entry in the costliest rule (NNGP, NTK, the dual's intermediates).
@@ -77,15 +80,17 @@ def plan_spatial(layers, signatures, forms, input_form: str, in_spatial: tuple[i
     prefix_pair = max(sizes[:split + 1]) * WORKING_COPIES
     rest_pair = max(sizes[split:]) * WORKING_COPIES
     if info.kind == "cuda":  # the sub-tile and the group share the memory budget
-        budget = max(1, int(info.free_bytes * GPU_MEMORY_SHARE) // itemsize // 2)
+        budget = group_budget = max(1, int(info.free_bytes * GPU_MEMORY_SHARE) // itemsize // 2)
     else:
-        budget = CPU_TILE_ELEMENTS * WORKING_COPIES
+        # Groups may outgrow the caches: their layers hold few numbers per pair, and their cost is the per-call
+        # overhead that larger groups amortise (16 Myrtle pairs at 16×16: 7.1-7.7 ms per pair, 1-2: 8.1-8.6).
+        budget, group_budget = CPU_TILE_ELEMENTS, GROUP_TO_TILE * CPU_TILE_ELEMENTS
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
         group = (min(batch_size, n1), min(batch_size, n2))
     else:
-        group = tile_edges(n1, n2, rest_pair, budget)
+        group = tile_edges(n1, n2, rest_pair, group_budget)
     sub = tile_edges(group[0], group[1], prefix_pair, budget)
     if split == len(layers):  # no stage after the prefix: the sub-tiles are the tiles
         group = sub
