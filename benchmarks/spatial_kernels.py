@@ -5,7 +5,8 @@ Workloads (issue 10), float32, 32×32×3 inputs (standard normal pixels, seed 0)
     first call of the process) and per entry of a symmetric N×N kernel;
   * CNTK-GAP: ``nk.cnn(depth, readout="gap")`` (3×3 "same" convs + ReLU, global average pooling; Arora et al.
     2019), the same figures;
-  * optionally (``--full-n 1000``) the whole Myrtle-5 N×N kernel, with its time.
+  * optionally (``--full-n 1000``) the whole Myrtle-5 N×N kernel, with its time (``--full-rows R``: R rows of it,
+    and the whole kernel's time extrapolated from them).
 Every float32 result is compared with ntkit's float64 kernel (which agrees with neural-tangents' float64 to
 1e-14). Competitors: (a) the same recursion written in plain eager torch as a user would (full covariance per pair, the
 conv as a sum of nine shifted copies of the zero-padded covariance, the ReLU formula on whole tensors), in this
@@ -13,7 +14,8 @@ process; (b) neural-tangents 0.6.5 (JAX, jit-compiled) in a subprocess of its ow
 (``python3 -m venv .venv-nt && .venv-nt/bin/pip install neural-tangents jax==0.4.23 jaxlib==0.4.23 "numpy<2"
 tf2jax==0.3.5``).
 
-    .venv/bin/python benchmarks/spatial_kernels.py [--repeats 3] [--n 8] [--depth 5] [--full-n 0] [--device cpu]
+    .venv/bin/python benchmarks/spatial_kernels.py [--repeats 3] [--n 8] [--depth 5] [--full-n 0 [--full-rows 0]]
+                                                   [--skip-grid] [--device cpu]
 """
 
 from __future__ import annotations
@@ -192,9 +194,19 @@ def measure(name, arch, stages, readout, x, args, nt_arch):
     return row
 
 
-def full_kernel(n: int, device: str) -> dict:
+def full_kernel(n: int, device: str, rows: int = 0) -> dict:
+    """The whole Myrtle-5 N×N NTK, or (``rows`` > 0) the first ``rows`` rows of it, from which the whole kernel's
+    time is extrapolated: N(N+1)/2 + N pair evaluations (the upper triangle and the self pass) at the block's
+    measured seconds per pair (the block has no symmetry to exploit: rows·N pairs + rows + N self pairs)."""
     x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
     start = time.perf_counter()
+    if rows:
+        k = nk.myrtle(5).kernel(x[:rows], x, get="ntk", progress=True)
+        seconds = time.perf_counter() - start
+        per_pair = seconds / (rows * n + rows + n)
+        return dict(n=n, rows=rows, block_seconds=seconds, per_pair_s=per_pair,
+                    extrapolated_whole_kernel_s=per_pair * (n * (n + 1) / 2 + n),
+                    finite=bool(torch.isfinite(k.ntk).all()))
     k = nk.myrtle(5).kernel(x, get="ntk", progress=True)
     seconds = time.perf_counter() - start
     return dict(n=n, seconds=seconds, per_entry_s=seconds / n ** 2, finite=bool(torch.isfinite(k.ntk).all()),
@@ -207,10 +219,17 @@ def main():
     parser.add_argument("--n", type=int, default=8, help="points of the symmetric N×N kernel timed per entry")
     parser.add_argument("--depth", type=int, default=5, help="conv layers of the CNTK-GAP")
     parser.add_argument("--full-n", type=int, default=0, help="also time the whole Myrtle-5 kernel of this many")
+    parser.add_argument("--full-rows", type=int, default=0,
+                        help="with --full-n: time only this many rows of it and extrapolate the whole kernel")
+    parser.add_argument("--skip-grid", action="store_true", help="only the --full-n measurement")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     x = torch.randn(max(args.n, 2), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     print(json.dumps(dict(device=args.device, torch=torch.__version__, threads=torch.get_num_threads())))
+    if args.full_n:
+        print(json.dumps(dict(full_kernel=full_kernel(args.full_n, args.device, args.full_rows))), flush=True)
+    if args.skip_grid:
+        return
     rows = [measure("Myrtle-5 NTK, 32x32x3", nk.myrtle(5), MYRTLE5, "flatten", x.to(args.device), args, "myrtle5"),
             measure(f"CNTK-GAP depth {args.depth}, 32x32x3", nk.cnn(args.depth, readout="gap"),
                     ["conv"] * args.depth, "gap", x.to(args.device), args, "cntk")]
@@ -227,8 +246,6 @@ def main():
                         f"{row['nt_first_s']:.1f} s; max error vs float64: ntkit {row['ntkit_error_vs_float64']:.1e}, "
                         f"neural-tangents {row['nt_error_vs_float64']:.1e}")
         print(summary)
-    if args.full_n:
-        print(json.dumps(dict(full_kernel=full_kernel(args.full_n, args.device))))
 
 
 if __name__ == "__main__":
