@@ -5,6 +5,8 @@
     k = arch.kernel(x1, x2)                   # exact infinite-width NNGP and NTK, each (N1, N2)
     net = arch.build(in_features=d, seed=0)   # the finite network, NTK parameterisation
     K = nk.empirical_ntk(net, x1, x2)         # its finite-width NTK
+    nk.myrtle(5).kernel(images)               # convolutional kernels of (N, C, H, W) images (also nk.cnn, nk.Conv2d,
+                                              # nk.AvgPool2d, nk.Residual, nk.LayerNorm, nk.SelfAttention, ...)
 
 Conventions (Jacot, Gabriel & Hongler 2018): z = (w_std/√n) W a + b_std b with W, b ~ N(0, 1); Σ⁽⁰⁾ = x·x'/n0;
 ``hidden_layers`` counts activations (Jacot's L = hidden_layers + 1); kernels are for one output (Θ ⊗ Id).
