@@ -102,7 +102,8 @@ def test_sklearn_kernel_protocol():
     kernel = NTK(hidden_layers=2, activation="erf", w_std=1.5, b_std=0.2)
     params = kernel.get_params()
     assert params == {"hidden_layers": 2, "activation": "erf", "w_std": 1.5, "b_std": 0.2,
-                      "w_std_bounds": (1e-2, 1e2), "b_std_bounds": (1e-5, 1e2)}
+                      "w_std_bounds": (1e-2, 1e2), "b_std_bounds": (1e-5, 1e2), "architecture": None,
+                      "input_shape": None}
     copy = clone(kernel)
     assert copy == kernel and copy is not kernel
     moved = kernel.clone_with_theta(np.log([0.3, 0.9]))
