@@ -16,7 +16,8 @@ from .._validation import as_input_tensor, check_pair, check_positive_int
 from ..kernels.kernel import Kernel, KernelState
 from ..kernels.spatial import input_covariance, to_form
 
-__all__ = ["Layer", "Serial", "Signature", "parse_get", "apply_layer", "as_shape", "output_forms"]
+__all__ = ["Layer", "Serial", "Signature", "parse_get", "apply_layer", "as_shape", "output_forms", "convert_form",
+           "build_sequence"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,24 @@ def _storage(t) -> int | None:
     return t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) else None
 
 
+def convert_form(state: KernelState, wanted: str) -> KernelState:
+    """The state in a weaker ``wanted`` form (full -> diagonal); flat states and equal forms are returned as is."""
+    if state.form == wanted or state.form == "flat":
+        return state
+    dims = len(state.spatial)
+    ntk = state.ntk if not isinstance(state.ntk, torch.Tensor) else to_form(state.ntk, state.form, wanted, dims)
+    return state.replace(nngp=to_form(state.nngp, state.form, wanted, dims), ntk=ntk, form=wanted, owned=True)
+
+
+def build_sequence(layers: Sequence[Layer], shape: tuple[int, ...], generator, dtype, device):
+    """(nn.Sequential of the layers' finite modules, the output shape), each layer fed the previous one's shape."""
+    modules = []
+    for layer in layers:
+        module, shape = layer.build_module(shape, generator, dtype, device)
+        modules.append(module)
+    return nn.Sequential(*modules), shape
+
+
 def apply_layer(layer: Layer, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
     """Run one layer's rule in the spatial engine: bring the state to the form the layer needs, let the tape supply
     the per-position variances of its input, apply the rule, and give the input's buffers back to the engine's
@@ -127,12 +146,11 @@ def apply_layer(layer: Layer, state: KernelState, need_ntk: bool, out_form: str)
         x1, x2, aligned = state.inputs
         cov = input_covariance(x1, x2, wanted, aligned, scratch=state.scratch)
         state = state.replace(nngp=cov, form=wanted, inputs=None, owned=True)
-    if state.form != wanted and state.form != "flat":
-        dims = len(state.spatial)
+    converted = convert_form(state, wanted)
+    if converted is not state:
         if state.owned:  # a borrowed state (a residual's input) is still read by the other branch
             consumed += [state.nngp, state.ntk]
-        ntk = state.ntk if not isinstance(state.ntk, torch.Tensor) else to_form(state.ntk, state.form, wanted, dims)
-        state = state.replace(nngp=to_form(state.nngp, state.form, wanted, dims), ntk=ntk, form=wanted, owned=True)
+        state = converted
     if (layer.needs_variances or layer.needs_self_covariance) and state.tape is not None:
         state = state.tape.supply(state, layer.needs_self_covariance)
     if not state.owned and layer.mutates_input:
@@ -285,11 +303,7 @@ class Serial(Layer):
             except ValueError as err:
                 raise ValueError(f"in_shape={shape}: {err}") from None
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        modules = []
-        for layer in self.flatten():
-            module, shape = layer.build_module(shape, generator, dtype, device)
-            modules.append(module)
-        return nn.Sequential(*modules)
+        return build_sequence(self.flatten(), shape, generator, dtype, device)[0]
 
     # ----- the infinite-width kernels -----------------------------------------------------------------------
     def kernel(self, x1, x2=None, *, get: str | Sequence[str] = ("nngp", "ntk"), batch_size: int | None = None,

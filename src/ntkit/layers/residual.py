@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..kernels.kernel import KernelState
-from ..kernels.spatial import input_covariance, stronger_form, to_form
-from .base import Layer, Serial, Signature
+from ..kernels.spatial import input_covariance, stronger_form
+from .base import Layer, Serial, Signature, build_sequence, convert_form
 
 __all__ = ["Residual", "ResidualModule"]
 
@@ -84,18 +84,10 @@ class Residual(Layer):
         return stronger_form(form, out_form if self.shortcut is None else self.shortcut.input_form(out_form))
 
     def build_module(self, in_shape, generator, dtype, device):
-        modules, shape = [], in_shape
-        for layer in self.block.flatten():
-            module, shape = layer.build_module(shape, generator, dtype, device)
-            modules.append(module)
-        shortcut = None
-        if self.shortcut is not None:
-            parts, short_shape = [], in_shape
-            for layer in self.shortcut.flatten():
-                module, short_shape = layer.build_module(short_shape, generator, dtype, device)
-                parts.append(module)
-            shortcut = nn.Sequential(*parts)
-        return ResidualModule(nn.Sequential(*modules), shortcut), shape
+        block, shape = build_sequence(self.block.flatten(), in_shape, generator, dtype, device)
+        shortcut = None if self.shortcut is None else \
+            build_sequence(self.shortcut.flatten(), in_shape, generator, dtype, device)[0]
+        return ResidualModule(block, shortcut), shape
 
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         """Flat inputs: the flat engine's rules, variances propagated alongside."""
@@ -117,12 +109,7 @@ class Residual(Layer):
                                   inputs=None)
         block = self.block.spatial_rule(state.replace(owned=False), need_ntk, out_form)
         if self.shortcut is None:
-            short = state
-            if state.form != out_form and state.form != "flat":
-                dims = len(state.spatial)
-                ntk = to_form(state.ntk, state.form, out_form, dims) if isinstance(state.ntk, torch.Tensor) \
-                    else state.ntk
-                short = state.replace(nngp=to_form(state.nngp, state.form, out_form, dims), ntk=ntk, form=out_form)
+            short = convert_form(state, out_form)
         else:
             short = self.shortcut.spatial_rule(state.replace(owned=False), need_ntk, out_form)
         result = block.replace(nngp=_add(block.nngp, short.nngp), ntk=_add(block.ntk, short.ntk) if need_ntk
