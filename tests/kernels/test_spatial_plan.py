@@ -7,7 +7,7 @@ import torch
 import ntkit as nk
 from ntkit.kernels import spatial_plan
 from ntkit.kernels.spatial_plan import DeviceInfo, plan_spatial
-from ntkit.layers.base import Signature, output_forms
+from ntkit.layers.base import Signature, output_forms, output_signatures
 
 GIB = 1 << 30
 
@@ -15,10 +15,7 @@ GIB = 1 << 30
 def _plan(arch, shape, n1, n2, info, batch_size=None, itemsize=4):
     layers = arch.flatten()
     forms = output_forms(layers, "flat")
-    signatures, sig = [], Signature(shape[0], shape[1:])
-    for layer in layers:
-        sig = layer.infer(sig, "")
-        signatures.append(sig)
+    signatures = output_signatures(layers, Signature(shape[0], shape[1:]))
     return plan_spatial(layers, signatures, forms, layers[0].input_form(forms[0]), shape[1:], n1, n2, itemsize,
                         info, batch_size)
 

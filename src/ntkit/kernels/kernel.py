@@ -35,7 +35,7 @@ class KernelState:
     """The recursion's state on one tile of the N1×N2 grid, passed from layer rule to layer rule.
 
     nngp: (t1, t2, *pair) covariance of the current representation between the two tiles' points; ``pair`` is
-        empty for the flat form, (S₁, S₂) for the diagonal and (S₁, S₁', S₂, S₂') for the full spatial form
+        empty for the flat form, (S₁, S₂) for the diagonal and (S₁, S₂, S₁', S₂') for the full spatial form
         (:mod:`ntkit.kernels.spatial`)
     ntk:  the NTK so far in the same layout (the float 0.0 before the first weight layer), or None when only
         the NNGP is wanted

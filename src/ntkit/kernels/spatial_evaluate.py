@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
-from ..layers.base import Signature, apply_layer, output_forms
+from ..layers.base import Signature, apply_layer, output_forms, output_signatures
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
 from .scratch import Scratch
@@ -167,11 +167,10 @@ class _Grid:
         self._write(rows, cols, _run(self.layers[split:], plan.forms[split:], state, self.need_ntk))
 
     def _write(self, rows: slice, cols: slice, state: KernelState) -> None:
+        # With x2 = x1 the lower triangle is filled from the upper one at the end (_symmetrize_mirrored).
         for name, value in (("nngp", state.nngp), ("ntk", state.ntk)):
             if name in self.out:
                 self.out[name][rows, cols] = value
-                if self.symmetric:  # the mirror image; groups that straddle the diagonal are symmetrised later
-                    self.out[name][cols, rows] = value.T
 
 
 def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tuple[str, ...],
@@ -184,10 +183,7 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     layers = arch.flatten()
     forms = output_forms(layers, "flat")
     input_form = layers[0].input_form(forms[0])
-    signatures, signature = [], Signature(x1.shape[1], tuple(x1.shape[2:]))
-    for layer in layers:
-        signature = layer.infer(signature, "")
-        signatures.append(signature)
+    signatures = output_signatures(layers, Signature(x1.shape[1], tuple(x1.shape[2:])))
     plan = plan_spatial(layers, signatures, forms, input_form, tuple(x1.shape[2:]), n1, n2, x1.element_size(),
                         device_info(x1.device), batch_size)
     check_fits(len(get) * n1 * n2 * x1.element_size() + plan.working_bytes, x1.device,
@@ -212,9 +208,9 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
 
 
 def _symmetrize_mirrored(nngp, ntk, block: int = 1024) -> None:
-    """Groups are rectangles, so some straddle the diagonal and write both triangles near it; make the matrix
-    exactly symmetric from its upper triangle, a block of rows at a time (no N×N temporaries: N = 50,000 on a
-    GPU is 10 GB per kernel)."""
+    """Only groups with entries on or above the diagonal were computed (some straddle it and wrote a little of the
+    lower triangle too): fill the lower triangle from the upper one, so the matrix is exactly symmetric, a block of
+    rows at a time (no N×N temporaries: N = 50,000 on a GPU is 10 GB per kernel)."""
     for out in (nngp, ntk):
         if out is None:
             continue

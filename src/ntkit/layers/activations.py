@@ -168,8 +168,22 @@ class _ClosedForm(Activation):
         return Activation.dual(self, c, q1, q2, derivative)
 
 
-class ReLU(_ClosedForm):
+class _Rectified(_ClosedForm):
+    """σ(u) = a·u for u > 0, b·u for u < 0, with ``slopes`` = (a, b): the arc-cosine family of ``dual.rectified``."""
+
+    slopes: tuple[float, float] = (1.0, 0.0)
+
+    def dual(self, c, q1, q2, derivative=True):
+        return duals.rectified(c, q1, q2, *self.slopes, derivative)
+
+    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
+        return duals.rectified_(c, q1, q2, *self.slopes, derivative, scratch)
+
+
+class ReLU(_Rectified):
     """σ(u) = max(u, 0); arc-cosine kernel of degree 1 (Cho & Saul 2009)."""
+
+    slopes = (1.0, 0.0)
 
     def __init__(self):
         super().__init__(torch.relu, "relu")
@@ -177,22 +191,16 @@ class ReLU(_ClosedForm):
     def module(self):
         return nn.ReLU()
 
-    def dual(self, c, q1, q2, derivative=True):
-        return duals.rectified(c, q1, q2, 1.0, 0.0, derivative)
 
-    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
-        return duals.rectified_(c, q1, q2, 1.0, 0.0, derivative, scratch)
-
-
-class LeakyReLU(_ClosedForm):
+class LeakyReLU(_Rectified):
     """σ(u) = max(u, 0) + s·min(u, 0) with s = ``negative_slope``."""
 
     def __init__(self, negative_slope: float = 0.01):
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
             raise TypeError(f"negative_slope must be a real number; got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
-        slope = self.negative_slope
-        super().__init__(partial(F.leaky_relu, negative_slope=slope), "leaky_relu")
+        self.slopes = (1.0, self.negative_slope)
+        super().__init__(partial(F.leaky_relu, negative_slope=self.negative_slope), "leaky_relu")
 
     def __repr__(self) -> str:
         return f"LeakyReLU({self.negative_slope:g})"
@@ -200,25 +208,14 @@ class LeakyReLU(_ClosedForm):
     def module(self):
         return nn.LeakyReLU(self.negative_slope)
 
-    def dual(self, c, q1, q2, derivative=True):
-        return duals.rectified(c, q1, q2, 1.0, self.negative_slope, derivative)
 
-    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
-        return duals.rectified_(c, q1, q2, 1.0, self.negative_slope, derivative, scratch)
-
-
-class Abs(_ClosedForm):
+class Abs(_Rectified):
     """σ(u) = |u|."""
+
+    slopes = (1.0, -1.0)
 
     def __init__(self):
         super().__init__(torch.abs, "abs")
-
-    def dual(self, c, q1, q2, derivative=True):
-        return duals.rectified(c, q1, q2, 1.0, -1.0, derivative)
-
-    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
-        return duals.rectified_(c, q1, q2, 1.0, -1.0, derivative, scratch)
-
 
 class Erf(_ClosedForm):
     """σ = erf; arcsine kernel (Williams 1997)."""

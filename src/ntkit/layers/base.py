@@ -17,7 +17,7 @@ from ..kernels.kernel import Kernel, KernelState
 from ..kernels.spatial import input_covariance, to_form
 
 __all__ = ["Layer", "Serial", "Signature", "parse_get", "apply_layer", "as_shape", "output_forms", "convert_form",
-           "build_sequence"]
+           "build_sequence", "output_signatures"]
 
 
 @dataclass(frozen=True)
@@ -174,10 +174,13 @@ def parse_get(get: str | Iterable[str]) -> tuple[str, ...]:
     return names
 
 
-def _infer_all(layers: Sequence[Layer], signature: Signature, prefix: str) -> Signature:
+def output_signatures(layers: Sequence[Layer], signature: Signature, prefix: str = "") -> list[Signature]:
+    """Each layer's output signature, in order (a ValueError naming the layer where one cannot follow)."""
+    out = []
     for i, layer in enumerate(layers):
         signature = layer.infer(signature, describe(i, layer, prefix))
-    return signature
+        out.append(signature)
+    return out
 
 
 def output_forms(layers: Sequence[Layer], out_form: str) -> list[str]:
@@ -247,7 +250,7 @@ class Serial(Layer):
     # ----- shapes and forms ---------------------------------------------------------------------------------
     def infer(self, signature: Signature, where: str = "") -> Signature:
         prefix = f"{where}, " if where else ""
-        return _infer_all(self.flatten(), signature, prefix)
+        return output_signatures(self.flatten(), signature, prefix)[-1]
 
     def input_form(self, out_form: str) -> str:
         layers = self.flatten()

@@ -32,7 +32,7 @@ from torch.func import jvp
 
 from ..kernels.dual import correlation
 from ..kernels.quadrature import self_dual_by_quadrature
-from ..layers.activations import Abs, LeakyReLU, ReLU, _ClosedForm, activation_from_name
+from ..layers.activations import _ClosedForm, _Rectified, activation_from_name
 
 __all__ = ["mlp_kernel_with_tangents"]
 
@@ -41,13 +41,7 @@ _N_TANGENTS = 2  # ∂/∂log w_std, ∂/∂log b_std
 
 def _rectified_slopes(act) -> tuple[float, float] | None:
     """(a, b) of σ(u) = a·u⁺ − b·u⁻ form for the rectified family (their dual is ``dual.rectified(.., a, b)``)."""
-    if isinstance(act, ReLU):
-        return 1.0, 0.0
-    if isinstance(act, LeakyReLU):
-        return 1.0, act.negative_slope
-    if isinstance(act, Abs):
-        return 1.0, -1.0
-    return None
+    return act.slopes if isinstance(act, _Rectified) else None
 
 
 def _safe_ratio(dq: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
