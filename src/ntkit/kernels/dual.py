@@ -42,14 +42,89 @@ def rectified(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative:
 
     At ρ = 1 (θ = 0): K = (a² + b²)/2 · q, which is the variance E[σ(u)²].
     """
+    mix = (a - b) ** 2 / _TWO_PI
+    even = (a * a + b * b) / 2.0
+    # Compiled passes need no derivative rule and torch.compile should see plain arithmetic; eager calls go
+    # through the autograd Function so that forward- and reverse-mode derivatives are finite at ρ = ±1 and q = 0.
+    if torch.compiler.is_compiling():
+        k, kdot = _arc_cosine(c, q1, q2, mix, even)[:2]
+    else:
+        k, kdot = _ArcCosine.apply(c, q1, q2, mix, even)
+    return k, (kdot if derivative else None)
+
+
+def _arc_cosine(c: Tensor, q1: Tensor, q2: Tensor, mix: float, even: float):
+    """(K, K̇, ρ, sqrt(q1 q2)) of ``rectified`` with mix = (a−b)²/(2π) and even = (a²+b²)/2."""
     rho, norm = correlation(c, q1, q2)
     theta = torch.arccos(rho)
     sin_theta = torch.sqrt(torch.clamp(1.0 - rho * rho, min=0.0))
-    mix = (a - b) ** 2 / _TWO_PI
-    even = (a * a + b * b) / 2.0
     kdot = even - mix * theta
-    k = norm * (mix * sin_theta + kdot * rho)
-    return k, (kdot if derivative else None)
+    return norm * (mix * sin_theta + kdot * rho), kdot, rho, norm
+
+
+def _ratio_or_zero(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, and 0 where the denominator is 0."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1.0), 0.0)
+
+
+class _ArcCosine(torch.autograd.Function):
+    r"""The rectified dual (K, K̇)(c, q1, q2) with its derivatives written out, so that AD through it stays finite.
+
+    Autodiff of the formula differentiates arccos ρ and sqrt(1 − ρ²) separately: both are infinite at ρ = ±1,
+    where every point paired with itself sits, and their sum is ∞ − ∞ = NaN although K is smooth there; and
+    sqrt(q1 q2) has an infinite derivative at a zero variance (a zero input without bias). With n = sqrt(q1 q2),
+    K = n J(ρ), J' = K̇ (Price's theorem) and dn/n = ½ (dq1/q1 + dq2/q2):
+
+        dρ = dc/n − ρ dn/n,     dK = K̇ dc + (K − K̇ ρ n) dn/n,     dK̇ = mix / sqrt(1 − ρ²) · dρ,
+
+    with dn/n and dc/n taken as 0 where a variance is 0, and dK̇ as 0 at |ρ| = 1. Both zeros are exact for what
+    ntkit differentiates (hyperparameters): a zero variance stays zero for every w_std, b_std (so does its tangent),
+    and a correlation of ±1 (a point with itself, or with a multiple of itself) stays ±1, so dρ = 0. As a function
+    of the inputs, K̇ has a cusp at x = x', where 0 is a subgradient. Used by ``ntkit.sklearn``'s hyperparameter
+    gradients (forward mode) and by ``backward`` through ``arch.kernel``.
+    """
+
+    @staticmethod
+    def forward(c, q1, q2, mix, even):
+        return _arc_cosine(c, q1, q2, mix, even)[:2]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        c, q1, q2, mix, _ = inputs
+        ctx.mix = mix
+        ctx.save_for_backward(c, q1, q2, *output)
+        ctx.save_for_forward(c, q1, q2, *output)
+
+    @staticmethod
+    def _partials(ctx):
+        """(∂K/∂c, ∂K/∂q1, ∂K/∂q2, ∂K̇/∂c, ∂K̇/∂q1, ∂K̇/∂q2) from the formulas above."""
+        c, q1, q2, k, kdot = ctx.saved_tensors
+        rho, norm = correlation(c, q1, q2)
+        inside = rho.abs() < 1.0
+        slope = torch.where(inside, ctx.mix / torch.sqrt(torch.where(inside, 1.0 - rho * rho, 1.0)), 0.0)
+        radial = k - kdot * rho * norm
+        half1, half2 = _ratio_or_zero(0.5, q1), _ratio_or_zero(0.5, q2)  # ∂(log n)/∂q
+        drho_dc = _ratio_or_zero(1.0, norm)
+        return (kdot, radial * half1, radial * half2,
+                slope * drho_dc, -slope * rho * half1, -slope * rho * half2)
+
+    @staticmethod
+    def jvp(ctx, dc, dq1, dq2, _dmix, _deven):
+        k_c, k_q1, k_q2, kd_c, kd_q1, kd_q2 = _ArcCosine._partials(ctx)
+        return k_c * dc + k_q1 * dq1 + k_q2 * dq2, kd_c * dc + kd_q1 * dq1 + kd_q2 * dq2
+
+    @staticmethod
+    def backward(ctx, grad_k, grad_kdot):
+        c, q1, q2 = ctx.saved_tensors[:3]
+        partials = _ArcCosine._partials(ctx)
+        grads = []
+        for i, like in enumerate((c, q1, q2)):
+            grad = grad_k * partials[i]
+            if grad_kdot is not None:
+                grad = grad + grad_kdot * partials[3 + i]
+            grads.append(grad.sum_to_size(like.shape) if grad.shape != like.shape else grad)
+        return (*grads, None, None)
 
 
 def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True, scratch=None):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .._memory import check_fits
 from .kernel import Kernel, KernelState
 
-__all__ = ["evaluate_kernel", "FUSE_MIN_ENTRIES"]
+__all__ = ["evaluate_kernel", "run_layers", "FUSE_MIN_ENTRIES"]
 
 # Grids smaller than this run eagerly by default: compiling costs seconds once and saves little on small grids.
 FUSE_MIN_ENTRIES = 1 << 22
@@ -28,7 +28,7 @@ _FUSED_TILE = 512
 _PROGRESS_MIN_TILES = 64
 
 
-def _run_layers(layers, need_ntk: bool, width: int, gram, var1, var2):
+def run_layers(layers, need_ntk: bool, width: int, gram, var1, var2):
     state = KernelState(nngp=gram, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=width,
                         gaussian=False)
     for layer in layers:
@@ -48,7 +48,7 @@ def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
     """The per-tile function: eager, or compiled once per (architecture, get, width) and cached on it."""
 
     def eager(gram, var1, var2):
-        return _run_layers(layers, need_ntk, width, gram, var1, var2)
+        return run_layers(layers, need_ntk, width, gram, var1, var2)
 
     if not fuse:
         return eager

@@ -8,7 +8,8 @@ The kernels are those of ``nk.mlp(hidden_layers, width, activation=..., w_std=..
 parameterisation (Jacot et al. 2018, Prop. 1 and Thm. 1; the NNGP is Lee et al. 2018's GP), for one output, in
 float64; the width does not enter the limit. ``w_std`` and ``b_std`` (Jacot's β) are hyperparameters: sklearn's
 ``theta`` holds their logs (b_std first, the alphabetical order sklearn uses), and ``eval_gradient=True`` returns
-the exact derivatives with respect to those logs, computed in forward mode (see :mod:`ntkit.sklearn.recursion`).
+the exact derivatives with respect to those logs: forward-mode AD (``torch.func.jvp``) through the same layer rules
+``arch.kernel`` runs, with the Dense layers' w_std and b_std as tensors (see :func:`kernel_with_tangents`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import numbers
 import numpy as np
 import torch
 from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
+from torch.func import jvp
 
 from .._validation import check_finite
-from ..layers import Layer, mlp
+from ..kernels.evaluate import run_layers
+from ..layers import Dense, Layer, mlp
 from ..layers.activations import ACTIVATION_NAMES
-from .recursion import mlp_kernel_with_tangents
 
 __all__ = ["NTK", "NNGP"]
 
@@ -165,7 +167,8 @@ class _FullyConnectedKernel(Kernel):
         gram = (x @ x.T) / n0
         sq = (x * x).sum(1) / n0
         gram.diagonal().copy_(sq)  # as arch.kernel: a point's self-correlation is exactly 1
-        value, tangent = mlp_kernel_with_tangents(gram, sq[:, None], sq[None, :], **self._recursion_options())
+        value, tangent = kernel_with_tangents(self._arch().flatten(), self.kind, gram, sq[:, None], sq[None, :],
+                                              float(self.w_std), float(self.b_std), n0)
         # Mirror the upper triangle, as arch.kernel(X) does: the Gram product's rounding can differ between (i, j)
         # and (j, i), and a GP needs k(X, X) (and its derivatives) exactly symmetric.
         value, tangent = _mirror_upper(value), _mirror_upper(tangent)
@@ -177,20 +180,16 @@ class _FullyConnectedKernel(Kernel):
         gradient = np.stack([g.numpy() for g in free], axis=-1) if free else np.empty((*value.shape, 0))
         return value.numpy(), gradient
 
-    def _recursion_options(self) -> dict:
-        return dict(hidden_layers=int(self.hidden_layers), activation=self.activation, w_std=float(self.w_std),
-                    b_std=float(self.b_std), kind=self.kind)
-
     def diag(self, X):
-        """k(x, x) for each row of X, (n_X,), by the 1-D variance recursion (O(n_X), not the n_X² grid)."""
+        """k(x, x) for each row of X, (n_X,): the layer rules on the N self-pairs (O(n_X), not the n_X² grid)."""
         self._check()
         x = as_float64_inputs(X, "X")
         if self.architecture is not None:  # one self-pair per row
             arch, x = self._arch(), shaped(x, self.input_shape, type(self).__name__)
             return np.array([float(arch.kernel(x[i:i + 1], get=self.kind)[self.kind][0, 0]) for i in range(len(x))])
         sq = (x * x).sum(1) / x.shape[1]
-        value, _ = mlp_kernel_with_tangents(sq, sq, sq, same_point=True, **self._recursion_options())
-        return value.numpy()
+        nngp, ntk = run_layers(self._arch().flatten(), self.kind == "ntk", x.shape[1], sq, sq, sq)
+        return (ntk if self.kind == "ntk" else nngp).numpy()
 
     def is_stationary(self):
         """False: the kernel depends on the inputs' norms and angle, not on x − x'."""
@@ -236,3 +235,39 @@ class NNGP(_FullyConnectedKernel):
     """
 
     kind = "nngp"
+
+
+def kernel_with_tangents(layers, kind: str, gram, var1, var2, w_std: float, b_std: float, in_features: int):
+    r"""The kernel ``kind`` of a fully-connected ``layers`` on (gram, var1, var2), and its derivatives in log w_std
+    and log b_std, where every Dense layer has that w_std and b_std.
+
+    The derivatives are forward-mode AD (``torch.func.jvp``) of ``run_layers``, the recursion ``arch.kernel``
+    evaluates: the Dense layers' w_std and b_std are swapped for 0-dim tensors, and a tangent of w along w gives
+    w·∂k/∂w = ∂k/∂log w. The only rules AD cannot run through as written are the rectified duals' arccos at
+    ρ = ±1, where ``ntkit.kernels.dual`` supplies the derivative (``_ArcCosine``); quadrature activations'
+    Mehler series has no singularity (its rule size per variance is a step function of q and has no tangent).
+
+    Args:
+        layers: ``arch.flatten()`` of a fully-connected architecture (its Dense layers are restored afterwards).
+        gram, var1, var2: Σ⁽⁰⁾ = x·x'/n0 on the wanted pairs and |x|²/n0 of both sides, broadcastable.
+        in_features: n0, the width the first layer's rule sees.
+    Returns:
+        (value, tangent): value shaped like ``gram``; tangent (2, *gram.shape) = (∂/∂log w_std, ∂/∂log b_std).
+    """
+    dense = [layer for layer in layers if isinstance(layer, Dense)]
+
+    def kernel_at(w, b):
+        for layer in dense:
+            layer.w_std, layer.b_std = w, b
+        nngp, ntk = run_layers(layers, kind == "ntk", in_features, gram, var1, var2)
+        return ntk if kind == "ntk" else nngp
+
+    saved = [(layer.w_std, layer.b_std) for layer in dense]
+    point = (torch.tensor(w_std, dtype=gram.dtype), torch.tensor(b_std, dtype=gram.dtype))
+    try:
+        value, d_log_w = jvp(kernel_at, point, (point[0], torch.zeros_like(point[1])))
+        _, d_log_b = jvp(kernel_at, point, (torch.zeros_like(point[0]), point[1]))
+    finally:
+        for layer, (w, b) in zip(dense, saved):
+            layer.w_std, layer.b_std = w, b
+    return value, torch.stack([d_log_w, d_log_b])
