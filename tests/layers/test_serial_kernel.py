@@ -165,3 +165,17 @@ def test_standard_parameterisation_ntk_grows_with_width():
     same_nngp = nk.mlp(2, 100, parameterization="ntk").kernel(x).nngp
     torch.testing.assert_close(nk.mlp(2, 1000, parameterization="standard").kernel(x).nngp, same_nngp)
     assert (wide / narrow).mean() > 5  # ~n_in · K dominates
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "tanh", "gelu"])
+def test_kernel_diagonal_is_the_diagonal_of_the_kernel(activation):
+    """arch.kernel_diagonal runs the same rules on the N self-pairs: the grid's diagonal to rounding (the grid's
+    diagonal tiles use the same |x|²/n0 for the Gram diagonal), without the N² grid; errors name the argument."""
+    arch = nk.mlp(3, 16, activation=activation, w_std=1.3, b_std=0.2)
+    x = torch.cat([_points(9), torch.zeros(1, 3)])
+    k, d = arch.kernel(x), arch.kernel_diagonal(x)
+    torch.testing.assert_close(d.ntk, k.ntk.diagonal(), rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(d.nngp, k.nngp.diagonal(), rtol=1e-13, atol=1e-15)
+    assert arch.kernel_diagonal(x.float(), get="ntk").ntk.dtype == torch.float32
+    with pytest.raises(ValueError, match="x has 4 features but the architecture expects in_features=3"):
+        nk.Serial(nk.Dense(4), in_features=3).kernel_diagonal(torch.ones(2, 4))

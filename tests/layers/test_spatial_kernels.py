@@ -73,6 +73,20 @@ def test_symmetric_tiles_equal_the_explicit_second_argument(arch, x):
 
 
 @pytest.mark.parametrize("arch, x", CASES, ids=IDS)
+def test_kernel_diagonal_is_the_diagonal_of_the_kernel(arch, x):
+    """The O(N) self-pair pass gives the N×N kernel's diagonal (the same rules; rounding only), for one kernel or
+    both, with the inputs' dtype."""
+    k = arch.kernel(x)
+    d = arch.kernel_diagonal(x)
+    assert d.nngp.shape == d.ntk.shape == (len(x),) and d.ntk.dtype == x.dtype
+    torch.testing.assert_close(d.nngp, k.nngp.diagonal(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(d.ntk, k.ntk.diagonal(), rtol=1e-12, atol=0)
+    only = arch.kernel_diagonal(x[:2], get="nngp")
+    assert only.ntk is None
+    torch.testing.assert_close(only.nngp, d.nngp[:2], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("arch, x", CASES, ids=IDS)
 def test_kernels_are_positive_semidefinite(arch, x):
     x = torch.cat([x, torch.randn(8, *x.shape[1:], dtype=x.dtype)])
     k = arch.kernel(x)

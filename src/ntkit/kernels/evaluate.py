@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .._memory import check_fits
 from .kernel import Kernel, KernelState
 
-__all__ = ["evaluate_kernel", "run_layers", "FUSE_MIN_ENTRIES"]
+__all__ = ["evaluate_kernel", "evaluate_diagonal", "run_layers", "FUSE_MIN_ENTRIES"]
 
 # Grids smaller than this run eagerly by default: compiling costs seconds once and saves little on small grids.
 FUSE_MIN_ENTRIES = 1 << 22
@@ -121,6 +121,19 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     for name, out in (("NNGP", out_nngp), ("NTK", out_ntk)):
         _check_no_overflow(out, name, arch)
     return Kernel(nngp=out_nngp, ntk=out_ntk)
+
+
+def evaluate_diagonal(arch, x: torch.Tensor, *, get: tuple[str, ...]) -> Kernel:
+    """k(x_i, x_i) for every row of validated (N, d) inputs: the layer rules on the N self-pairs, O(N)."""
+    n0 = x.shape[1]
+    check_fits((len(get) + max(layer.tile_cost for layer in arch.flatten()) + 4) * x.shape[0] * x.element_size(),
+               x.device, f"the diagonal of the kernel(s) {get}", "Pass fewer points at once.")
+    sq = (x * x).sum(1) / n0
+    nngp, ntk = run_layers(arch.flatten(), "ntk" in get, n0, sq, sq, sq)
+    out = {name: value for name, value in (("nngp", nngp), ("ntk", ntk)) if name in get}
+    for name, value in out.items():
+        _check_no_overflow(value, name.upper(), arch)
+    return Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
 
 
 def _check_no_overflow(out: torch.Tensor | None, name: str, arch) -> None:

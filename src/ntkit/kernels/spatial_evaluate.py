@@ -30,7 +30,7 @@ from .scratch import Scratch
 from .spatial import diagonal, variance_layout
 from .spatial_plan import device_info, plan_spatial
 
-__all__ = ["evaluate_spatial", "RecordingTape", "ReplayTape"]
+__all__ = ["evaluate_spatial", "evaluate_spatial_diagonal", "RecordingTape", "ReplayTape"]
 
 _PROGRESS_MIN_TILES = 64
 
@@ -180,14 +180,9 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     if symmetric:
         x2 = x1
     n1, n2 = x1.shape[0], x2.shape[0]
-    layers = arch.flatten()
-    forms = output_forms(layers, "flat")
-    input_form = layers[0].input_form(forms[0])
-    signatures = output_signatures(layers, Signature(x1.shape[1], tuple(x1.shape[2:])))
-    plan = plan_spatial(layers, signatures, forms, input_form, tuple(x1.shape[2:]), n1, n2, x1.element_size(),
-                        device_info(x1.device), batch_size)
+    layers, forms, plan = _plan(arch, x1, n1, n2, batch_size)
     check_fits(len(get) * n1 * n2 * x1.element_size() + plan.working_bytes, x1.device,
-               f"the ({n1}, {n2}) kernel(s) {get} of {tuple(x1.shape[1:])} inputs ({input_form} spatial "
+               f"the ({n1}, {n2}) kernel(s) {get} of {tuple(x1.shape[1:])} inputs ({plan.input_form} spatial "
                f"covariances, groups of {plan.group[0]}x{plan.group[1]} pairs)",
                "Ask for one kernel (get='ntk'), a smaller batch_size, or compute blocks of rows of x1 in turn.")
     scratch = Scratch()
@@ -205,6 +200,40 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     for name, value in (("NNGP", nngp), ("NTK", ntk)):
         _check_no_overflow(value, name, arch)
     return Kernel(nngp=nngp, ntk=ntk)
+
+
+def evaluate_spatial_diagonal(arch, x: torch.Tensor, *, get: tuple[str, ...], progress: bool | None) -> Kernel:
+    """k(x_i, x_i) for every point of validated (N, C, *S) inputs: the self pass with the NTK carried along, in
+    chunks of the pair pass's sub-tile size. See ``Serial.kernel_diagonal``."""
+    n = x.shape[0]
+    layers, forms, plan = _plan(arch, x, n, n, None)
+    check_fits(len(get) * n * x.element_size() + plan.working_bytes, x.device,
+               f"the diagonal of the kernel(s) {get} of {tuple(x.shape[1:])} inputs", "Pass fewer points at once.")
+    scratch, need_ntk = Scratch(), "ntk" in get
+    out = {name: torch.empty(n, dtype=x.dtype, device=x.device) for name in get}
+    chunk = plan.sub_tile[0] * plan.sub_tile[1]
+    starts = range(0, n, chunk)
+    show = progress if progress is not None else len(starts) >= _PROGRESS_MIN_TILES
+    for start in tqdm(starts, desc="kernel diagonal", disable=None if show else True, leave=False):
+        part = x[start:start + chunk]
+        state = _run(layers, forms, _initial_state(part, part, True, need_ntk, RecordingTape(), scratch), need_ntk)
+        for name in get:
+            out[name][start:start + len(part)] = getattr(state, name)[:, 0]
+        scratch.give(state.nngp, state.ntk)
+    for name in get:
+        _check_no_overflow(out[name], name.upper(), arch)
+    return Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
+
+
+def _plan(arch, x: torch.Tensor, n1: int, n2: int, batch_size: int | None):
+    """(layers, forms, plan) of ``arch`` on an n1×n2 grid of inputs shaped like ``x``."""
+    layers = arch.flatten()
+    forms = output_forms(layers, "flat")
+    input_form = layers[0].input_form(forms[0])
+    signatures = output_signatures(layers, Signature(x.shape[1], tuple(x.shape[2:])))
+    plan = plan_spatial(layers, signatures, forms, input_form, tuple(x.shape[2:]), n1, n2, x.element_size(),
+                        device_info(x.device), batch_size)
+    return layers, forms, plan
 
 
 def _symmetrize_mirrored(nngp, ntk, block: int = 1024) -> None:

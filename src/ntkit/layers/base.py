@@ -344,20 +344,41 @@ class Serial(Layer):
         if x2 is not None:
             x2 = as_input_tensor(x2, "x2", ndim=(2, 3, 4))
             x1, x2 = check_pair(x1, x2)
+        self._check_kernel_input(x1, "x1")
+        if x1.ndim == 2:
+            return evaluate_kernel(self, x1, x2, get=names, batch_size=batch_size, fused=fused, progress=progress)
+        return evaluate_spatial(self, x1, x2, get=names, batch_size=batch_size, progress=progress)
+
+    def kernel_diagonal(self, x, *, get: str | Sequence[str] = ("nngp", "ntk"), progress: bool | None = None) -> Kernel:
+        """k(x_i, x_i) for every point: the diagonal of ``self.kernel(x)`` in O(N) work and memory instead of N².
+
+        What a GP's predictive variance, a kernel operator's preconditioner or a trace needs. The values are
+        those of the kernel's diagonal up to rounding (the same rules on the N self-pairs; float64 agrees to
+        1e-12). Args as :meth:`kernel`; returns ``nk.Kernel`` whose ``.nngp`` and ``.ntk`` have shape (N,).
+        """
+        from ..kernels.evaluate import evaluate_diagonal
+        from ..kernels.spatial_evaluate import evaluate_spatial_diagonal
+
+        names = parse_get(get)
+        x = as_input_tensor(x, "x", ndim=(2, 3, 4))
+        self._check_kernel_input(x, "x")
+        if x.ndim == 2:
+            return evaluate_diagonal(self, x, get=names)
+        return evaluate_spatial_diagonal(self, x, get=names, progress=progress)
+
+    def _check_kernel_input(self, x1: torch.Tensor, name: str) -> None:
+        """Raise if ``x1``'s per-sample shape does not fit this architecture (``name`` is the argument's name)."""
         shape = tuple(x1.shape[1:])
         if self.in_shape is not None and shape != self.in_shape:
             if len(shape) == len(self.in_shape) == 1:
-                raise ValueError(f"x1 has {shape[0]} features but the architecture expects "
+                raise ValueError(f"{name} has {shape[0]} features but the architecture expects "
                                  f"in_features={self.in_shape[0]}")
-            raise ValueError(f"x1 has shape {tuple(x1.shape)} (per sample {shape}) but the architecture expects "
+            raise ValueError(f"{name} has shape {tuple(x1.shape)} (per sample {shape}) but the architecture expects "
                              f"in_shape={self.in_shape}")
         try:
             out = self.infer(Signature(shape[0], shape[1:]))
         except ValueError as err:
-            raise ValueError(f"x1 of shape {tuple(x1.shape)}: {err}") from None
+            raise ValueError(f"{name} of shape {tuple(x1.shape)}: {err}") from None
         if out.spatial:
             raise ValueError(f"{self!r} ends with a spatial representation {out.shape}; end it with a readout, "
                              "e.g. nk.Flatten() or nk.GlobalAvgPool() followed by nk.Dense(out_features)")
-        if x1.ndim == 2:
-            return evaluate_kernel(self, x1, x2, get=names, batch_size=batch_size, fused=fused, progress=progress)
-        return evaluate_spatial(self, x1, x2, get=names, batch_size=batch_size, progress=progress)

@@ -181,15 +181,10 @@ class _FullyConnectedKernel(Kernel):
         return value.numpy(), gradient
 
     def diag(self, X):
-        """k(x, x) for each row of X, (n_X,): the layer rules on the N self-pairs (O(n_X), not the n_X² grid)."""
+        """k(x, x) for each row of X, (n_X,), from the N self-pairs (``arch.kernel_diagonal``), not the n_X² grid."""
         self._check()
-        x = as_float64_inputs(X, "X")
-        if self.architecture is not None:  # one self-pair per row
-            arch, x = self._arch(), shaped(x, self.input_shape, type(self).__name__)
-            return np.array([float(arch.kernel(x[i:i + 1], get=self.kind)[self.kind][0, 0]) for i in range(len(x))])
-        sq = (x * x).sum(1) / x.shape[1]
-        nngp, ntk = run_layers(self._arch().flatten(), self.kind == "ntk", x.shape[1], sq, sq, sq)
-        return (ntk if self.kind == "ntk" else nngp).numpy()
+        x = shaped(as_float64_inputs(X, "X"), self.input_shape, type(self).__name__)
+        return self._arch().kernel_diagonal(x, get=self.kind)[self.kind].numpy()
 
     def is_stationary(self):
         """False: the kernel depends on the inputs' norms and angle, not on x − x'."""
