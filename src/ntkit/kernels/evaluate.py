@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from .._memory import check_fits
 from .kernel import Kernel, KernelState
+from .quadrature import coefficient_cache
 
 __all__ = ["evaluate_kernel", "evaluate_diagonal", "run_layers", "FUSE_MIN_ENTRIES"]
 
@@ -95,27 +96,28 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     tiles = [(i, j) for i in range(0, n1, tile) for j in range(i if symmetric else 0, n2, tile)]
     show = progress if progress is not None else len(tiles) >= _PROGRESS_MIN_TILES
     bar = tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False)
-    for i, j in bar:
-        rows, cols = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
-        gram = (x1[rows] @ x2[cols].T) / n0
-        if symmetric and i == j:
-            gram.diagonal().copy_(sq1[rows])  # exactly |x|²/n0, so a point's self-correlation is exactly 1
-        try:
-            nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
-        except Exception as err:  # torch.compile unavailable here (no compiler, unsupported backend)
-            if not fuse or fused:
-                raise
-            warnings.warn(f"ntkit: fused kernel evaluation failed ({type(err).__name__}: {err}); "
-                          "falling back to eager torch", RuntimeWarning, stacklevel=3)
-            fuse = False
-            step = _step_function(arch, layers, need_ntk, n0, False)
-            nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
-        for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
-            if out is None:
-                continue
-            out[rows, cols] = value
-            if symmetric and i != j:
-                out[cols, rows] = value.T
+    with coefficient_cache():  # quadrature activations: each block of points' coefficients once
+        for i, j in bar:
+            rows, cols = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
+            gram = (x1[rows] @ x2[cols].T) / n0
+            if symmetric and i == j:
+                gram.diagonal().copy_(sq1[rows])  # exactly |x|²/n0, so a point's self-correlation is exactly 1
+            try:
+                nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
+            except Exception as err:  # torch.compile unavailable here (no compiler, unsupported backend)
+                if not fuse or fused:
+                    raise
+                warnings.warn(f"ntkit: fused kernel evaluation failed ({type(err).__name__}: {err}); "
+                              "falling back to eager torch", RuntimeWarning, stacklevel=3)
+                fuse = False
+                step = _step_function(arch, layers, need_ntk, n0, False)
+                nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
+            for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
+                if out is None:
+                    continue
+                out[rows, cols] = value
+                if symmetric and i != j:
+                    out[cols, rows] = value.T
     if symmetric:
         _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile)
     for name, out in (("NNGP", out_nngp), ("NTK", out_ntk)):

@@ -26,6 +26,7 @@ from .._memory import check_fits
 from ..layers.base import Signature, apply_layer, output_forms, output_signatures
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
+from .quadrature import coefficient_cache
 from .scratch import Scratch
 from .spatial import diagonal, variance_layout
 from .spatial_plan import device_info, plan_spatial
@@ -192,8 +193,9 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     grid = _Grid(arch, x1, x2, get, plan, records1, records2, scratch, symmetric)
     groups = grid.groups()
     show = progress if progress is not None else len(groups) >= _PROGRESS_MIN_TILES
-    for rows, cols in tqdm(groups, desc="kernel tiles", disable=None if show else True, leave=False):
-        grid.compute(rows, cols)
+    with coefficient_cache():  # quadrature activations: each block of points' coefficients once
+        for rows, cols in tqdm(groups, desc="kernel tiles", disable=None if show else True, leave=False):
+            grid.compute(rows, cols)
     nngp, ntk = grid.out.get("nngp"), grid.out.get("ntk")
     if symmetric:
         _symmetrize_mirrored(nngp, ntk)
