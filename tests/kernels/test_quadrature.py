@@ -221,3 +221,22 @@ def test_forward_mode_derivative_is_finite_and_exact_at_perfect_correlation():
     # Central difference: truncation O(step²) ≈ 1e-10, rounding O(ulp/step) ≈ 1e-11.
     torch.testing.assert_close(dk, (up[0] - down[0]) / (2 * step), rtol=1e-8, atol=1e-9)
     torch.testing.assert_close(dkdot, (up[1] - down[1]) / (2 * step), rtol=1e-8, atol=1e-9)
+
+
+def test_coefficients_are_computed_once_per_block_of_points_and_change_nothing(monkeypatch):
+    """Within one arch.kernel call each block of points' Hermite coefficients is computed once per activation (a
+    block meets every other block in some tile): same values as one big tile, and nothing outlives the call."""
+    from ntkit.kernels import quadrature
+
+    calls = []
+    original = quadrature._hermite_coefficients
+    monkeypatch.setattr(quadrature, "_hermite_coefficients", lambda *a: calls.append(1) or original(*a))
+    arch = nk.mlp(2, 8, activation="tanh", b_std=0.2)
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tiled = arch.kernel(x, batch_size=10)  # 4 blocks, 10 tiles on and above the diagonal
+    assert len(calls) == 4 * 2  # 4 blocks x 2 tanh layers (20 per tile pair without the cache)
+    assert quadrature._CACHE.get() is None
+    calls.clear()
+    whole = arch.kernel(x, batch_size=40)
+    torch.testing.assert_close(tiled.ntk, whole.ntk, rtol=1e-13, atol=0)
+    torch.testing.assert_close(tiled.nngp, whole.nngp, rtol=1e-13, atol=0)

@@ -196,12 +196,13 @@ def _carries_derivatives(q: Tensor) -> bool:
 
 
 def _memoized(key: tuple, q: Tensor, compute: Callable[[], Tensor]) -> Tensor:
-    """``compute()``, a function of ``q``'s values (and ``key``), reused within a ``coefficient_cache`` block."""
+    """``compute()``, a function of ``q``'s values in order (not of its shape) and of ``key``, reused within a
+    ``coefficient_cache`` block (the rows of one tile are the columns of another: (t, 1) and (1, t))."""
     cache = _CACHE.get()
     if cache is None or _carries_derivatives(q):
         return compute()
     flat = q.reshape(-1)
-    entries = cache.setdefault((*key, tuple(q.shape), q.dtype, q.device), [])
+    entries = cache.setdefault((*key, flat.numel(), q.dtype, q.device), [])
     for known, value in entries:
         if torch.equal(known, flat):
             return value
@@ -214,7 +215,10 @@ def _memoized(key: tuple, q: Tensor, compute: Callable[[], Tensor]) -> Tensor:
 def hermite_coefficients(fns: Sequence[Elementwise], q: Tensor, degree: int) -> Tensor:
     """g_n(q) = E[g(√q z) He_n(z)] / √(n!) for each g in ``fns``: shape (len(fns), D, *q.shape), D the widest rule
     among ``q`` (narrower rules zero-padded), in float64 where the device has it."""
-    return _memoized(("coefficients", tuple(fns), degree), q, lambda: _hermite_coefficients(fns, q, degree))
+    flat = q.reshape(-1)
+    coefficients = _memoized(("coefficients", tuple(fns), degree), flat,
+                             lambda: _hermite_coefficients(fns, flat, degree))
+    return coefficients.reshape(*coefficients.shape[:2], *q.shape)
 
 
 def _hermite_coefficients(fns: Sequence[Elementwise], q: Tensor, degree: int) -> Tensor:
@@ -289,12 +293,15 @@ def _series_side(fns: Sequence[Elementwise], q: Tensor, degree: int, dtype: torc
     """One side of Mehler's series, as ``_mehler`` takes it: the coefficients (len(fns), D, *q.shape) in ``dtype``,
     contiguous, and their relative sizes (len(fns), D); reused within a ``coefficient_cache`` block."""
 
+    flat = q.reshape(-1)
+
     def compute():
-        coefficients = _hermite_coefficients(fns, q, degree)
+        coefficients = _hermite_coefficients(fns, flat, degree)
         sizes = torch.stack([_relative_size(part) for part in coefficients])
         return _contiguous(coefficients, dtype), sizes
 
-    return _memoized(("series", tuple(fns), degree, dtype), q, compute)
+    coefficients, sizes = _memoized(("series", tuple(fns), degree, dtype), flat, compute)
+    return coefficients.reshape(*coefficients.shape[:2], *q.shape), sizes
 
 
 def _padded(coefficients: Tensor, sizes: Tensor, width: int) -> tuple[Tensor, Tensor]:
