@@ -7,25 +7,20 @@ are computed (the rest is mirrored). A tile's whole recursion can be fused into 
 
 from __future__ import annotations
 
-import math
+import time
 import warnings
 
 import torch
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
+from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
 from .quadrature import coefficient_cache
+from .spatial_plan import device_info
 
 __all__ = ["evaluate_kernel", "evaluate_diagonal", "run_layers", "FUSE_MIN_ENTRIES"]
 
-# Grids smaller than this run eagerly by default: compiling costs seconds once and saves little on small grids.
-FUSE_MIN_ENTRIES = 1 << 22
-# Eager tiles are sized so that one rule's temporaries (tile_cost tiles) fit in about 2²⁰ elements, i.e. stay
-# near the CPU caches: on 2 cores this is ~6x faster than one full-grid pass (benchmarks/analytic_kernel.py).
-# A fused pass keeps its temporaries in registers, so its tiles only need to amortise the call overhead.
-_EAGER_TILE_BUDGET = 1 << 20
-_FUSED_TILE = 512
 _PROGRESS_MIN_TILES = 64
 
 
@@ -35,14 +30,6 @@ def run_layers(layers, need_ntk: bool, width: int, gram, var1, var2):
     for layer in layers:
         state = layer.kernel_rule(state, need_ntk)
     return state.nngp, state.ntk
-
-
-def _default_tile(layers, fuse: bool) -> int:
-    if fuse:
-        return _FUSED_TILE
-    cost = max(layer.tile_cost for layer in layers) + 4
-    side = math.isqrt(_EAGER_TILE_BUDGET // cost)
-    return max(64, min(1024, side - side % 32))
 
 
 def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
@@ -55,7 +42,7 @@ def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
         return eager
     key = (need_ntk, width)
     compiled = arch._fused_steps.get(key)
-    if compiled is None:
+    if not compiled:  # never compiled, or failed before (fused=True asks again)
         compiled = torch.compile(eager, dynamic=True, fullgraph=True)
         arch._fused_steps[key] = compiled
     return compiled
@@ -70,24 +57,26 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
         x2 = x1
     n1, n2, n0 = x1.shape[0], x2.shape[0], x1.shape[1]
     need_ntk = "ntk" in get
-    if fused is None:
-        fuse = arch.fusable and n1 * n2 >= FUSE_MIN_ENTRIES
-    else:
-        fuse = bool(fused)
-        if fuse and not arch.fusable:
-            raise ValueError("fused=True needs every layer to have a closed-form kernel rule; "
-                             f"{[repr(l) for l in layers if not l.fusable]} use quadrature (pass fused=None)")
-    if batch_size is None:
-        tile = _default_tile(layers, fuse)
-    else:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
-        tile = batch_size
+    if fused is not None and not isinstance(fused, bool):
+        raise ValueError(f"fused must be True, False or None; got {fused!r}")
+    if fused and not arch.fusable:
+        raise ValueError("fused=True needs every layer to have a closed-form kernel rule; "
+                         f"{[repr(l) for l in layers if not l.fusable]} use quadrature (pass fused=None)")
+    # fused=None: compile when it pays (kernels/flat_plan.py): eager until this architecture's eager seconds on
+    # large grids reach the device's compile cost, then the compiled pass from that tile on.
+    key = (need_ntk, n0)
+    auto = fused is None and arch.fusable and n1 * n2 >= FUSE_MIN_ENTRIES
+    kind = x1.device.type
+    spent_before = arch._eager_seconds.get(key, 0.0)
+    auto = auto and arch._fused_steps.get(key) is not False  # False: compiling failed here before
+    fuse = bool(fused) or (auto and (key in arch._fused_steps or compile_pays(spent_before, kind)))
+    plan = plan_flat(max(layer.tile_cost for layer in layers), n1, n2, x1.element_size(), device_info(x1.device),
+                     fuse, batch_size)
+    tile = plan.tile
     step = _step_function(arch, layers, need_ntk, n0, fuse)
-
-    per_tile = (max(layer.tile_cost for layer in layers) + 4) * min(tile, n1) * min(tile, n2)
-    check_fits((len(get) * n1 * n2 + per_tile) * x1.element_size(), x1.device, f"the ({n1}, {n2}) kernel(s) {get}",
-               "Ask for one kernel (get='ntk'), or compute blocks of rows of x1 in turn.")
+    check_fits((len(get) * n1 * n2 + plan.working) * x1.element_size(), x1.device,
+               f"the ({n1}, {n2}) kernel(s) {get}", "Ask for one kernel (get='ntk'), or compute blocks of rows of x1 "
+               "in turn.")
     out_nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if "nngp" in get else None
     out_ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if need_ntk else None
     # Σ⁽⁰⁾ = x·x'/n0 (DESIGN conventions); its diagonal by the same formula on both sides.
@@ -96,8 +85,12 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     tiles = [(i, j) for i in range(0, n1, tile) for j in range(i if symmetric else 0, n2, tile)]
     show = progress if progress is not None else len(tiles) >= _PROGRESS_MIN_TILES
     bar = tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False)
+    started = time.perf_counter()
     with coefficient_cache():  # quadrature activations: each block of points' coefficients once
         for i, j in bar:
+            if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
+                fuse = True
+                step = _step_function(arch, layers, need_ntk, n0, True)
             rows, cols = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
             gram = (x1[rows] @ x2[cols].T) / n0
             if symmetric and i == j:
@@ -109,7 +102,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                     raise
                 warnings.warn(f"ntkit: fused kernel evaluation failed ({type(err).__name__}: {err}); "
                               "falling back to eager torch", RuntimeWarning, stacklevel=3)
-                fuse = False
+                fuse = auto = False
+                arch._fused_steps[(need_ntk, n0)] = False
                 step = _step_function(arch, layers, need_ntk, n0, False)
                 nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
             for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
@@ -118,6 +112,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 out[rows, cols] = value
                 if symmetric and i != j:
                     out[cols, rows] = value.T
+    if auto and not fuse:
+        arch._eager_seconds[key] = spent_before + time.perf_counter() - started
     if symmetric:
         _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile)
     for name, out in (("NNGP", out_nngp), ("NTK", out_ntk)):

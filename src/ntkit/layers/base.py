@@ -218,11 +218,12 @@ class Serial(Layer):
         given = in_shape if in_shape is not None else in_features
         self.in_shape = None if given is None else as_shape(given, "in_shape" if in_shape is not None
                                                              else "in_features")
-        self._fused_steps: dict = {}
+        self._fused_steps: dict = {}     # compiled tile steps (kernels/evaluate.py), False where compiling failed
+        self._eager_seconds: dict = {}   # eager seconds spent on large grids, per step (kernels/flat_plan.py)
 
-    def __getstate__(self):  # compiled steps are a per-process cache: not pickled, not deep-copied
+    def __getstate__(self):  # compiled steps and timings are per-process: not pickled, not deep-copied
         state = dict(self.__dict__)
-        state["_fused_steps"] = {}
+        state["_fused_steps"], state["_eager_seconds"] = {}, {}
         return state
 
     @property
