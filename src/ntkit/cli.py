@@ -83,10 +83,23 @@ def _seed(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threads must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"threads must be a positive integer; got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     from .experiments import EXPERIMENTS
 
     parser = argparse.ArgumentParser(prog="ntkit", description="The Neural Tangent Kernel toolkit for PyTorch.")
+    parser.add_argument("--threads", type=_threads, default=None,
+                        help="torch intra-op threads for this run (default: torch's; ntkit still runs small work on "
+                             "one thread, see ntkit._threads)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="print the limiting NTK of Jacot et al. 2018 Fig. 1's network")
     demo.add_argument("--points", type=int, default=8, help="number of points on the unit circle (default 8)")
@@ -109,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "quick", False) and getattr(args, "tiny", False):
         parser.error("--quick and --tiny are alternatives; pass one")
-    return args.run(args)
+    if args.threads is None:
+        return args.run(args)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return args.run(args)
+    finally:  # main() is also called in-process (tests, notebooks): leave the caller's setting as it was
+        torch.set_num_threads(previous)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._threads import intra_op_threads
 from .._validation import check_positive_int
 from ._checks import as_cost_targets, as_model_input, check_learning_rate, check_module
 from .kernel_descent import resolve_cost
@@ -129,24 +130,26 @@ def train(model: nn.Module, x, y, *, steps: int, learning_rate: float, cost: str
                                  "with respect to the trainable parameters vanish on x), so its relative change is "
                                  "undefined; pass record_ntk=False")
 
-    for step in tqdm(range(steps + 1), desc="nk.train", disable=not progress, leave=False):
-        outputs = forward(x)
-        costs = cost_fn(outputs, y_for_cost)
-        if not isinstance(costs, torch.Tensor) or tuple(costs.shape) != (n,):
-            raise ValueError(f"cost must return the per-point costs c_j as a tensor of shape ({n},)")
-        loss = costs.mean()
-        if not math.isfinite(float(loss.detach())):
-            raise FloatingPointError(f"the cost became {float(loss.detach())} at step {step}: the learning rate "
-                                     f"{eta:g} is too large (gradient descent is stable for η < 2N/λ_max(Θ); "
-                                     f"see nk.GradientFlow(...).max_learning_rate())")
-        if step in recorded:
-            record(step, outputs, loss)
-        if step == steps:
-            break
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.sub_(eta * g)
+    # One step is ~3 passes over the parameters per point: small models train on one thread (ntkit._threads).
+    with intra_op_threads(3 * n * sum(p.numel() for p in params), x.device):
+        for step in tqdm(range(steps + 1), desc="nk.train", disable=not progress, leave=False):
+            outputs = forward(x)
+            costs = cost_fn(outputs, y_for_cost)
+            if not isinstance(costs, torch.Tensor) or tuple(costs.shape) != (n,):
+                raise ValueError(f"cost must return the per-point costs c_j as a tensor of shape ({n},)")
+            loss = costs.mean()
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"the cost became {float(loss.detach())} at step {step}: the learning rate "
+                                         f"{eta:g} is too large (gradient descent is stable for η < 2N/λ_max(Θ); "
+                                         f"see nk.GradientFlow(...).max_learning_rate())")
+            if step in recorded:
+                record(step, outputs, loss)
+            if step == steps:
+                break
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    p.sub_(eta * g)
 
     def stack(values):
         out = torch.stack(values)

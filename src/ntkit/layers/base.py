@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from .._threads import intra_op_threads, kernel_work
 from .._validation import as_input_tensor, check_pair, check_positive_int
 from ..kernels.kernel import Kernel, KernelState
 from ..kernels.spatial import input_covariance, to_form
@@ -346,9 +347,11 @@ class Serial(Layer):
             x2 = as_input_tensor(x2, "x2", ndim=(2, 3, 4))
             x1, x2 = check_pair(x1, x2)
         self._check_kernel_input(x1, "x1")
-        if x1.ndim == 2:
-            return evaluate_kernel(self, x1, x2, get=names, batch_size=batch_size, fused=fused, progress=progress)
-        return evaluate_spatial(self, x1, x2, get=names, batch_size=batch_size, progress=progress)
+        with intra_op_threads(kernel_work(x1, len(x1) if x2 is None else len(x2), len(self.flatten())), x1.device):
+            if x1.ndim == 2:
+                return evaluate_kernel(self, x1, x2, get=names, batch_size=batch_size, fused=fused,
+                                       progress=progress)
+            return evaluate_spatial(self, x1, x2, get=names, batch_size=batch_size, progress=progress)
 
     def kernel_diagonal(self, x, *, get: str | Sequence[str] = ("nngp", "ntk"), progress: bool | None = None) -> Kernel:
         """k(x_i, x_i) for every point: the diagonal of ``self.kernel(x)`` in O(N) work and memory instead of N².
@@ -363,9 +366,10 @@ class Serial(Layer):
         names = parse_get(get)
         x = as_input_tensor(x, "x", ndim=(2, 3, 4))
         self._check_kernel_input(x, "x")
-        if x.ndim == 2:
-            return evaluate_diagonal(self, x, get=names)
-        return evaluate_spatial_diagonal(self, x, get=names, progress=progress)
+        with intra_op_threads(kernel_work(x, 1, len(self.flatten())), x.device):
+            if x.ndim == 2:
+                return evaluate_diagonal(self, x, get=names)
+            return evaluate_spatial_diagonal(self, x, get=names, progress=progress)
 
     def _check_kernel_input(self, x1: torch.Tensor, name: str) -> None:
         """Raise if ``x1``'s per-sample shape does not fit this architecture (``name`` is the argument's name)."""

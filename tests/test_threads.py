@@ -1,0 +1,77 @@
+"""ntkit's intra-op thread choice: one thread for small work, the user's count for large work, restored after."""
+
+import pytest
+import torch
+
+import ntkit as nk
+from ntkit import _threads, cli
+
+
+def _recording_activation(seen):
+    """A quadrature activation whose σ records the intra-op thread count it runs under (inside arch.kernel)."""
+    def fn(u):
+        seen.append(torch.get_num_threads())
+        return torch.tanh(u)
+    return nk.Activation(fn, derivative=lambda u: 1 - torch.tanh(u) ** 2, name="recording")
+
+
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_threads_for_work_size_and_device(two_threads):
+    assert _threads.threads_for(_threads.SMALL_WORK - 1) == 1
+    assert _threads.threads_for(_threads.SMALL_WORK) == 2
+    assert _threads.threads_for(1, "cuda") == 2  # GPU work: the host's count is left alone
+    torch.set_num_threads(1)
+    assert _threads.threads_for(1e12) == 1  # never more than the user's setting
+
+
+def test_small_kernels_run_on_one_thread_and_the_setting_is_restored(two_threads, monkeypatch):
+    seen = []
+    arch = nk.Serial(nk.Dense(8, b_std=0.1), _recording_activation(seen), nk.Dense(1))
+    x = torch.randn(20, 3)
+    arch.kernel(x)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)  # every call counts as large: the user's 2 threads
+    seen.clear()
+    arch.kernel(x)
+    assert set(seen) == {2} and torch.get_num_threads() == 2
+
+
+def test_the_setting_is_restored_when_the_call_fails(two_threads):
+    def broken(u):
+        raise RuntimeError("σ failed")
+    arch = nk.Serial(nk.Dense(8), nk.Activation(broken, derivative=broken), nk.Dense(1))
+    with pytest.raises(RuntimeError, match="σ failed"):
+        arch.kernel(torch.randn(5, 3))
+    assert torch.get_num_threads() == 2
+
+
+def test_training_a_small_model_runs_on_one_thread(two_threads):
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, u):
+            seen.append(torch.get_num_threads())
+            return u
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), Recorder(), torch.nn.Linear(8, 1))
+    nk.train(net, torch.randn(16, 3), torch.randn(16, 1), steps=3, learning_rate=0.1, progress=False)
+    assert len(seen) == 5 and set(seen[1:]) == {1}  # the first call is train's output-shape probe
+    assert torch.get_num_threads() == 2
+
+
+def test_cli_threads_option_applies_for_the_run_only(two_threads, capsys, monkeypatch):
+    seen = []
+    real_demo = cli._demo
+    monkeypatch.setattr(cli, "_demo", lambda args: seen.append(torch.get_num_threads()) or real_demo(args))
+    assert cli.main(["--threads", "1", "demo", "--points", "3"]) == 0
+    assert seen == [1] and torch.get_num_threads() == 2
+    with pytest.raises(SystemExit):
+        cli.main(["--threads", "0", "demo"])
+    assert "threads must be a positive integer" in capsys.readouterr().err
