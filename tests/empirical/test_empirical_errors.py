@@ -185,3 +185,61 @@ def test_progress_bar_does_not_change_the_result(capsys):
     with_bar = empirical_ntk(net, x, batch_size=2, progress=True)
     torch.testing.assert_close(with_bar, empirical_ntk(net, x, batch_size=2, progress=False), rtol=0, atol=0)
     assert "empirical NTK (layerwise)" in capsys.readouterr().err
+
+
+class _TF32Like(nn.Module):
+    """Stands in for TF32 convolutions: while reduced precision is allowed (cuDNN's default), its output carries a
+    rounding-sized relative error (2⁻¹¹, TF32's) that depends on the batch size, as different cuDNN algorithms
+    for different batch sizes give; in full precision it is the identity."""
+
+    def forward(self, x):
+        if torch.backends.cudnn.allow_tf32 or torch.get_float32_matmul_precision() != "highest":
+            return x * (1.0 + 2.0 ** -11 * (x.shape[0] > 1))
+        return x
+
+
+def test_reduced_precision_rounding_is_not_batch_coupling():
+    """An eval-mode ResNet-like model (conv, BatchNorm with running statistics, a residual add) whose convolutions
+    round like TF32: the probe compares in full precision, so it is accepted; the user's settings are restored."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.round = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), _TF32Like()
+
+        def forward(self, x):
+            return x + torch.relu(self.bn(self.round(self.conv(x))))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), Block(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()
+    x = torch.randn(3, 3, 4, 4)
+    assert torch.backends.cudnn.allow_tf32  # torch's default: the stand-in rounds outside the probe
+    with torch.no_grad():
+        assert not torch.equal(model(x)[:1], model(x[:1]))
+    k = empirical_ntk(model, x)
+    assert k.shape == (3, 3, 2, 2) and torch.isfinite(k).all()
+    assert torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "highest"
+
+
+def test_real_batch_coupling_is_still_refused_and_the_error_says_what_was_compared():
+    class BatchCentre(nn.Module):  # normalises over the batch: not caught by type
+        def forward(self, x):
+            return x - x.mean(0, keepdim=True)
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 3), BatchCentre(), nn.Flatten(), nn.Linear(12, 1))
+    with pytest.raises(ValueError, match=r"of the outputs' scale .*compared in float32 with TF32 and "
+                                         r"reduced-precision reductions off; tolerance 1000 ulps"):
+        empirical_ntk(model, torch.randn(3, 3, 4, 4))
+
+
+def test_half_precision_outputs_get_a_tolerance_of_their_own_ulps():
+    """bfloat16 rounds every output to 8 bits: batched and single outputs 2 of its ulps apart are rounding, not
+    coupling; 0.3 apart is coupling. (float32's 1000 ulps would refuse the former: 2·2⁻⁷ ≫ 1.2e-4.)"""
+    from ntkit.empirical.probe import _check_independent
+
+    single = torch.tensor([[1.0], [2.0]], dtype=torch.bfloat16)
+    eps = torch.finfo(torch.bfloat16).eps
+    close = single * (1 + 2 * eps)
+    _check_independent(lambda _: single[1:], torch.zeros(2, 1), close, single[:1])
+    with pytest.raises(ValueError, match="compared in bfloat16 .* tolerance 16 ulps"):
+        _check_independent(lambda _: single[1:], torch.zeros(2, 1), single + 0.3, single[:1])
