@@ -23,6 +23,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/analytic_kernel.py
+	$(PY) benchmarks/quadrature_kernels.py
+	$(PY) benchmarks/threads.py
 	$(PY) benchmarks/empirical_ntk.py --skip-slow
 	$(PY) benchmarks/dynamics.py
 	$(PY) benchmarks/tabular.py

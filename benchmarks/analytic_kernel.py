@@ -1,11 +1,17 @@
-"""Infinite-width kernel speed: ``arch.kernel`` against a plain eager-torch recursion, side by side.
+"""Infinite-width kernel speed: ``arch.kernel`` against a plain eager-torch recursion, side by side, on any device.
 
-Workload (issue 2): 3-hidden-layer ReLU MLP (w_std = 1, b_std = 0.1), d = 64, float32, CPU, N = 1,000 and 4,000,
-NNGP and NTK of x with itself. The competitor is the same recursion written as one would in eager torch: one Gram
-product, then full-grid elementwise operations per layer. Also: peak memory of N = 20,000 with tiling, measured in
-a fresh subprocess (peak RSS above the process baseline).
+Workload (issues 2 and 11): 3-hidden-layer ReLU MLP (w_std = 1, b_std = 0.1), d = 64, float32, NNGP and NTK of x
+with itself, N = 1,000 and 4,000 (and 20,000 with ``--sizes``). The competitor is the same recursion written as one
+would in eager torch: one Gram product, then full-grid elementwise operations per layer. Per N: the eager
+competitor, ntkit's default (what a user gets: eager tiles planned for the device until compiling pays), its tiled
+eager pass, and the compiled pass (``fused=True``) once warm. Separately:
 
-    .venv/bin/python benchmarks/analytic_kernel.py [--repeats 5] [--skip-large]
+* the first call of the default at N = 4,000 in a fresh process (issue 11's goal: <= 2 s), and the first call of
+  ``fused=True`` there (torch.compile's cost: the break-even ``ntkit.kernels.flat_plan.COMPILE_SECONDS`` uses);
+* peak memory of N = 20,000 with tiling (CPU), measured in a fresh subprocess (peak RSS above the baseline).
+
+    .venv/bin/python benchmarks/analytic_kernel.py [--repeats 5] [--device cpu|cuda] [--sizes 1000 4000]
+                                                   [--skip-large] [--skip-first-call]
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 import torch
 
 import ntkit as nk
-from _timing import median_time
+from _timing import device_description, median_time, synchronize
 
 
 def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0, b_std: float = 0.1):
@@ -43,13 +49,33 @@ def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0,
     return nngp, ntk
 
 
+def first_calls(n: int, device: str) -> dict:
+    """In fresh processes: seconds of the first default call at N = n, and of the first fused (compiled) call."""
+    out = {}
+    for name, option in (("default", "None"), ("fused", "True")):
+        code = f"""
+import json, time, torch, ntkit as nk
+x = torch.randn({n}, 64, generator=torch.Generator().manual_seed(0)).to("{device}")
+arch = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)
+if "{device}" == "cuda":
+    torch.cuda.synchronize()
+t = time.perf_counter(); arch.kernel(x, fused={option})
+if "{device}" == "cuda":
+    torch.cuda.synchronize()
+print(json.dumps(time.perf_counter() - t))
+"""
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[name] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
 def large_memory_probe(n: int) -> dict:
     """Run in a subprocess: peak RSS of arch.kernel on N = n points (tiling + symmetry)."""
     code = f"""
 import json, resource, time, torch, ntkit as nk
 x = torch.randn({n}, 64, generator=torch.Generator().manual_seed(0))
 arch = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)
-arch.kernel(x[:2048])  # compile outside the measurement (first-call cost is reported separately)
+arch.kernel(x[:2048])  # warm-up outside the measurement (first calls are reported separately)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter(); k = arch.kernel(x); elapsed = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -64,39 +90,49 @@ print(json.dumps(dict(seconds=elapsed, peak_above_baseline_gib=(peak - base) / 2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip-large", action="store_true", help="skip the N = 20,000 memory probe")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--skip-large", action="store_true", help="skip the N = 20,000 memory probe (CPU)")
+    parser.add_argument("--skip-first-call", action="store_true", help="skip the fresh-process first calls")
     args = parser.parse_args()
     torch.manual_seed(0)
+    device = torch.device(args.device)
     arch = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
-
-    # First call of the fused pass includes torch.compile (a warm on-disk cache makes later processes faster).
-    start = time.perf_counter()
-    arch.kernel(torch.randn(2048, 64))
-    first_call = time.perf_counter() - start
+    print(json.dumps(dict(torch=torch.__version__, device=device_description(device), dtype="float32")))
 
     rows = []
-    for n in (1000, 4000):
-        x = torch.randn(n, 64)
+    for n in args.sizes:
+        x = torch.randn(n, 64).to(device)
         ref_nngp, ref_ntk = eager_reference(x)
-        k = arch.kernel(x)
-        off = ~torch.eye(n, dtype=torch.bool)
+        k = arch.kernel(x, fused=False)
+        off = ~torch.eye(n, dtype=torch.bool, device=device)
         rel = ((k.ntk - ref_ntk)[off].abs().max() / ref_ntk.abs().max()).item()
-        eager_t, _ = median_time(lambda: eager_reference(x), args.repeats)
-        default_t, _ = median_time(lambda: arch.kernel(x), args.repeats)
-        tiled_t, _ = median_time(lambda: arch.kernel(x, fused=False), args.repeats)
-        fused_t, _ = median_time(lambda: arch.kernel(x, fused=True), args.repeats)
-        rows.append((n, eager_t, default_t, tiled_t, fused_t, rel))
+        del ref_nngp, ref_ntk, k
+        eager_t, _ = median_time(lambda: eager_reference(x), args.repeats, device)
+        fresh = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)  # no eager seconds spent yet
+        default_t, _ = median_time(lambda: fresh.kernel(x), args.repeats, device)
+        tiled_t, _ = median_time(lambda: arch.kernel(x, fused=False), args.repeats, device)
+        arch.kernel(x, fused=True)  # compile outside the measurement
+        fused_t, _ = median_time(lambda: arch.kernel(x, fused=True), args.repeats, device)
+        rows.append(dict(n=n, eager_s=eager_t, default_s=default_t, tiled_s=tiled_t, fused_s=fused_t,
+                         max_offdiag_rel_diff=rel))
+        print(json.dumps(rows[-1]), flush=True)
 
-    print("\n| N | eager torch (full grid) | ntkit default | ntkit tiled eager | ntkit fused | speed-up (default) "
-          "| speed-up (fused) | max off-diag rel. diff |")
+    print("\n| N | eager torch (full grid) | ntkit default | ntkit tiled eager | ntkit fused (warm) | speed-up "
+          "(default) | speed-up (fused) | max off-diag rel. diff |")
     print("|---|---|---|---|---|---|---|---|")
-    for n, eager_t, default_t, tiled_t, fused_t, rel in rows:
-        print(f"| {n:,} | {eager_t * 1e3:.0f} ms | {default_t * 1e3:.0f} ms | {tiled_t * 1e3:.0f} ms | "
-              f"{fused_t * 1e3:.0f} ms | {eager_t / default_t:.1f}x | {eager_t / fused_t:.1f}x | {rel:.1e} |")
-    print(f"\nFirst call of the fused pass in this process (includes torch.compile): {first_call:.1f} s")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['eager_s'] * 1e3:.1f} ms | {r['default_s'] * 1e3:.1f} ms | {r['tiled_s'] * 1e3:.1f} ms "
+              f"| {r['fused_s'] * 1e3:.1f} ms | {r['eager_s'] / r['default_s']:.1f}x | "
+              f"{r['eager_s'] / r['fused_s']:.1f}x | {r['max_offdiag_rel_diff']:.1e} |")
 
-    if not args.skip_large:
+    if not args.skip_first_call:
+        first = first_calls(4000, args.device)
+        print(json.dumps(dict(first_call_n4000=first)))
+        print(f"\nFirst call at N = 4,000 in a fresh process: default {first['default']:.2f} s, fused=True "
+              f"{first['fused']:.1f} s (torch.compile's cost on this device)")
+
+    if not args.skip_large and device.type == "cpu":
         probe = large_memory_probe(20000)
         print(f"N = 20,000 (tiled, symmetric): {probe['seconds']:.1f} s, peak RSS above baseline "
               f"{probe['peak_above_baseline_gib']:.2f} GiB for {probe['outputs_gib']:.2f} GiB of outputs "

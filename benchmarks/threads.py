@@ -1,0 +1,85 @@
+"""Small work next to a busy process: ntkit's thread choice against torch's default thread pool, same process.
+
+Workloads (issue 11, point 5): a 350-point ReLU-MLP kernel (``arch.kernel``), a 2,000-point one, and 100 steps of
+``nk.train`` on a width-64 MLP with 256 points. Each is timed (median of repeats) with ntkit's choice (one intra-op
+thread below ``ntkit._threads.SMALL_WORK``, the user's count above) and with every call on torch's default count
+(``SMALL_WORK = 0``), first on idle cores and then next to a competing process that keeps every core busy with
+matrix products (what a shared machine, a CI runner or a laptop compiling something looks like).
+
+    .venv/bin/python benchmarks/threads.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import ntkit as nk
+from ntkit import _threads
+from _timing import device_description, median_time
+
+BUSY = """
+import torch
+torch.set_num_threads({threads})
+a = torch.randn(1500, 1500)
+while True:
+    a = (a @ a).tanh_()
+"""
+
+
+def workloads():
+    arch = nk.mlp(3, 512, b_std=0.1)
+    small, medium = torch.randn(350, 10), torch.randn(2000, 10)
+    x, y = torch.randn(256, 10), torch.randn(256, 1)
+
+    def train():
+        net = torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+        nk.train(net, x, y, steps=100, learning_rate=0.1, progress=False, record_every=100)
+
+    return {"kernel N=350": lambda: arch.kernel(small), "kernel N=2000": lambda: arch.kernel(medium, fused=False),
+            "nk.train 100 steps": train}
+
+
+def measure(repeats: int) -> dict:
+    out = {}
+    for name, fn in workloads().items():
+        chosen, _ = median_time(fn, repeats)
+        saved, _threads.SMALL_WORK = _threads.SMALL_WORK, 0
+        try:
+            default, _ = median_time(fn, repeats)
+        finally:
+            _threads.SMALL_WORK = saved
+        out[name] = dict(ntkit_s=chosen, torch_default_threads_s=default)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    print(json.dumps(dict(torch=torch.__version__, device=device_description("cpu"), cores=cores)))
+    results = {"idle": measure(args.repeats)}
+    busy = subprocess.Popen([sys.executable, "-c", BUSY.format(threads=cores)])
+    try:
+        time.sleep(2.0)  # let it occupy the cores
+        results["busy"] = measure(args.repeats)
+    finally:
+        busy.kill()
+        busy.wait()
+    print(json.dumps(results))
+    print("\n| workload | cores | ntkit | torch's default threads | ratio |\n|---|---|---|---|---|")
+    for state, rows in results.items():
+        for name, r in rows.items():
+            print(f"| {name} | {state} | {r['ntkit_s'] * 1e3:.0f} ms | {r['torch_default_threads_s'] * 1e3:.0f} ms | "
+                  f"{r['torch_default_threads_s'] / r['ntkit_s']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
