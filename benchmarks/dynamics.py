@@ -25,7 +25,7 @@ import time
 import torch
 
 import ntkit as nk
-from _timing import median_time
+from _timing import device_description, median_time, synchronize
 
 
 def expm_solve_prediction(k_train, k_test, y, eta, t):
@@ -53,12 +53,13 @@ def main() -> None:
     parser.add_argument("--times", type=int, default=100, help="number of prediction times")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--competitor-times", type=int, default=2, help="times at which competitors are timed")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    n, m = args.n, args.m
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, CPU; N={n}, M={m}, O=10, "
-          f"T={args.times}")
+    n, m, device = args.n, args.m, torch.device(args.device)
+    print(f"torch {torch.__version__}, {device_description(device)}, float64; N={n}, M={m}, O=10, T={args.times}")
 
     images, labels = nk.data.mnist5k(dtype=torch.float64)
+    images, labels = images.to(device), labels.to(device)
     if n + m > images.shape[0]:
         raise SystemExit(f"N + M must be at most {images.shape[0]}")
     x, x_test = images[:n], images[n:n + m]
@@ -71,11 +72,13 @@ def main() -> None:
     k_train, k_test = ntk[:n, :n].contiguous(), ntk[n:, :n].contiguous()
 
     eta = 0.5 * nk.GradientFlow(k_train, y).max_learning_rate()
-    times = torch.logspace(0, 6, args.times, dtype=torch.float64)
+    times = torch.logspace(0, 6, args.times, dtype=torch.float64, device=device)
 
-    setup_s, flow = median_time(lambda: nk.GradientFlow(k_train, y, learning_rate=eta), args.repeats)
-    batch_s, batch = median_time(lambda: (flow.train_outputs(times), flow.test_outputs(times, k_test)), args.repeats)
-    single_s, _ = median_time(lambda: flow.test_outputs(float(times[len(times) // 2]), k_test), max(5, args.repeats))
+    setup_s, flow = median_time(lambda: nk.GradientFlow(k_train, y, learning_rate=eta), args.repeats, device)
+    batch_s, batch = median_time(lambda: (flow.train_outputs(times), flow.test_outputs(times, k_test)), args.repeats,
+                                 device)
+    single_s, _ = median_time(lambda: flow.test_outputs(float(times[len(times) // 2]), k_test), max(5, args.repeats),
+                              device)
     print(f"GradientFlow: eigendecomposition {setup_s:.2f} s; {args.times} times in one call {batch_s:.3f} s "
           f"({1e3 * batch_s / args.times:.2f} ms per time, train + test outputs); one time per call "
           f"{1e3 * single_s:.1f} ms (test outputs)")
@@ -85,8 +88,10 @@ def main() -> None:
     for name, fn in (("expm + solve per time", expm_solve_prediction), ("eigh per time", eigh_prediction)):
         durations, worst = [], 0.0
         for i, t in enumerate(probe.tolist()):
+            synchronize(device)
             start = time.perf_counter()
             train, test = fn(k_train, k_test, y, eta, t)
+            synchronize(device)
             durations.append(time.perf_counter() - start)
             index = int((times == t).nonzero()[0])
             differences = (train - batch[0][index], test - batch[1][index])

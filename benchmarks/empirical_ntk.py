@@ -16,7 +16,11 @@ workload and implementation (this script with --memory-of), started with MALLOC_
 freed tensors go back to the system: the rise of the peak resident set (VmHWM, reset through
 /proc/self/clear_refs) over one run, after the warm-up. Timings on a shared CPU are noisy.
 
+On CUDA (``--device cuda``) both run on the GPU, timings wait for the device, and peak memory is the rise of
+torch's peak allocated GPU memory over one run, in this process.
+
     .venv/bin/python benchmarks/empirical_ntk.py [--repeats 5] [--competitor-repeats 3] [--skip-slow]
+                                                 [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch.func import functional_call, jacrev, vmap
 
 import ntkit as nk
 from ntkit._memory import available_bytes
-from _timing import median_time
+from _timing import device_description, median_time, synchronize
 
 
 # ----- the competitor: the tutorial's Jacobian contraction -------------------------------------------------------
@@ -141,6 +145,18 @@ def _child_memory(index: int, implementation: str) -> None:
     print("nan" if peak is None else f"{peak:.1f}")
 
 
+def _memory(index: int, implementation: str, run, device: torch.device) -> float | None:
+    """Peak memory of one run in MiB: RSS in a fresh process on the CPU, torch's peak allocation on CUDA."""
+    if device.type != "cuda":
+        return measure_memory(index, implementation)
+    synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    run()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+
+
 def tutorial_bytes(model: nn.Module, n: int, outputs: int) -> int:
     """The tutorial's two per-sample Jacobians (float32), the bulk of its memory."""
     return 2 * n * outputs * sum(p.numel() for p in model.parameters()) * 4
@@ -152,28 +168,30 @@ def main() -> None:
     parser.add_argument("--competitor-repeats", type=int, default=3, help="timed runs of the tutorial per case")
     parser.add_argument("--skip-slow", action="store_true", help="skip the tutorial on MLP O=10 (about a minute "
                                                                     "per run and 11 GiB)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-of", nargs=2, metavar=("INDEX", "IMPLEMENTATION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
         _child_memory(int(args.memory_of[0]), args.memory_of[1])
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {device_description(device)}, float32")
     rows = []
     for index, (name, model, x, output, run_competitor) in enumerate(workloads(args.skip_slow)):
-        model.eval()
+        model, x = model.to(device).eval(), x.to(device)
         with torch.no_grad():
             outputs = model(x[:1]).numel()
         ours, theirs = _implementation("ntkit", model, output), _implementation("tutorial", model, output)
         ours(x[:4])  # warm-up (first-call overheads of torch.func, allocator)
-        ours_s, ours_k = median_time(lambda: ours(x), args.repeats)
-        ours_mib = measure_memory(index, "ntkit")
+        ours_s, ours_k = median_time(lambda: ours(x), args.repeats, device)
+        ours_mib = _memory(index, "ntkit", lambda: ours(x), device)
         need = tutorial_bytes(model, x.shape[0], outputs)
         theirs_s = theirs_mib = rel_diff = None
         note = ""
-        if run_competitor and need * 1.3 < available_bytes("cpu"):
+        if run_competitor and need * 1.3 < available_bytes(device):
             theirs(x[:4])  # warm-up
-            theirs_s, theirs_k = median_time(lambda: theirs(x), args.competitor_repeats)
-            theirs_mib = measure_memory(index, "tutorial")
+            theirs_s, theirs_k = median_time(lambda: theirs(x), args.competitor_repeats, device)
+            theirs_mib = _memory(index, "tutorial", lambda: theirs(x), device)
             rel_diff = float((ours_k - theirs_k).abs().max() / theirs_k.abs().max())
         else:
             note = f"tutorial not run (its Jacobians alone: {need / 2 ** 30:.1f} GiB)"
@@ -190,12 +208,13 @@ def main() -> None:
         theirs_cell = f"{theirs_s * 1e3:.1f}" if theirs_s else note
         print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_cell} | {speedup} | {_cell(ours_mib, '.0f')} | "
               f"{_cell(theirs_mib, '.0f')} | {_cell(rel_diff, '.1e')} |")
-    general_methods(args.repeats)
+    general_methods(args.repeats, device)
 
 
-def general_methods(repeats: int) -> None:
+def general_methods(repeats: int, device: torch.device) -> None:
     """ntkit's general methods (no layer structure used) on the first MLP: time and peak memory."""
     name, model, x, output, _ = workloads(False)[0]
+    model, x = model.to(device).eval(), x.to(device)
     print()
     print(f"ntkit's methods on {name}:")
     print()
@@ -204,8 +223,8 @@ def general_methods(repeats: int) -> None:
     for method in ("layerwise", "jacobian", "vector_products"):
         run = _implementation(f"ntkit:{method}", model, output)
         run(x[:4])
-        seconds, _ = median_time(lambda: run(x), repeats)
-        peak = measure_memory(0, f"ntkit:{method}")
+        seconds, _ = median_time(lambda: run(x), repeats, device)
+        peak = _memory(0, f"ntkit:{method}", lambda: run(x), device)
         print(f"| {method} | {seconds * 1e3:.1f} | {_cell(peak, '.0f')} |", flush=True)
 
 

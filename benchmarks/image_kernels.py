@@ -13,7 +13,7 @@
    kernel are what ``NTKClassifier`` fits; see ``ntkit.sklearn.estimators``).
 Accuracy and wall-clock time (kernel + fit + predict) per model.
 
-    .venv/bin/python benchmarks/image_kernels.py [--skip-mnist] [--skip-digits] [--threads 2]
+    .venv/bin/python benchmarks/image_kernels.py [--skip-mnist] [--skip-digits] [--threads 2] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from sklearn.svm import SVC
 
 import ntkit as nk
 from ntkit.sklearn import NTKClassifier
+from _timing import device_description
 
 CONV = nk.cnn(depth=4, kernel_size=5, readout="flatten", w_std=math.sqrt(2.0), b_std=0.1)
 CNTK_GAP = nk.Serial(nk.Conv2d(1, 3, w_std=math.sqrt(2.0), b_std=0.1), nk.ReLU(),
@@ -44,13 +45,13 @@ def timed(fit_predict):
     return predicted, time.perf_counter() - start
 
 
-def mnist() -> list[dict]:
+def mnist(device: str) -> list[dict]:
     x_train, y_train, x_test, y_test = (t.double().numpy() if t.is_floating_point() else t.numpy()
                                         for t in nk.data.mnist5k_split())
     models = {
         "conv NTK (CNN depth 4, 5x5, Flatten)": NTKClassifier(architecture=CONV, input_shape=(1, 28, 28),
-                                                              diag_reg=1e-3),
-        "fully-connected NTK (3 hidden)": NTKClassifier(hidden_layers=3, diag_reg=1e-3),
+                                                              diag_reg=1e-3, device=device),
+        "fully-connected NTK (3 hidden)": NTKClassifier(hidden_layers=3, diag_reg=1e-3, device=device),
         "RBF-SVC (C=1)": SVC(),
         "RBF-SVC (C=10)": SVC(C=10.0),
     }
@@ -70,12 +71,12 @@ def _kernel_ridge_accuracy(k_train, k_test, y_train, y_test, diag_reg=1e-3):
     return float(np.mean(np.argmax(k_test @ alpha, 1) == y_test))
 
 
-def digits() -> list[dict]:
+def digits(device: str) -> list[dict]:
     x, y = load_digits(return_X_y=True)
     x = x / 16.0
     images = torch.from_numpy(x).reshape(-1, 1, 8, 8)
     start = time.perf_counter()
-    gram = CNTK_GAP.kernel(images, get="ntk").ntk.numpy()
+    gram = CNTK_GAP.kernel(images.to(device), get="ntk").ntk.cpu().numpy()
     kernel_seconds = time.perf_counter() - start
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
     results: dict[str, list[float]] = {}
@@ -85,7 +86,8 @@ def digits() -> list[dict]:
         results.setdefault("CNTK-GAP (precomputed)", []).append(
             _kernel_ridge_accuracy(gram[np.ix_(train, train)], gram[np.ix_(test, train)], y[train], y[test]))
         seconds["CNTK-GAP (precomputed)"] += time.perf_counter() - start
-        for name, model in (("fully-connected NTK (3 hidden)", NTKClassifier(hidden_layers=3, diag_reg=1e-3)),
+        for name, model in (("fully-connected NTK (3 hidden)", NTKClassifier(hidden_layers=3, diag_reg=1e-3,
+                                                                                          device=device)),
                             ("RBF-SVC (C=1)", SVC()), ("RBF-SVC (C=10)", SVC(C=10.0))):
             predicted, sec = timed(lambda: model.fit(x[train], y[train]).predict(x[test]))
             results.setdefault(name, []).append(float(np.mean(predicted == y[test])))
@@ -103,11 +105,12 @@ def main():
     parser.add_argument("--skip-mnist", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="where the ntkit kernels run (SVCs run on the CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads())))
-    rows = ([] if args.skip_digits else digits()) + ([] if args.skip_mnist else mnist())
+    print(json.dumps(dict(torch=torch.__version__, device=device_description(args.device))))
+    rows = ([] if args.skip_digits else digits(args.device)) + ([] if args.skip_mnist else mnist(args.device))
     print("\n| data | model | accuracy | time |\n|---|---|---|---|")
     for row in rows:
         spread = f" ± {100 * row['accuracy_std']:.2f}" if "accuracy_std" in row else ""

@@ -51,6 +51,7 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 import ntkit as nk
+from _timing import device_description
 from ntkit.sklearn import NTKClassifier
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist5k")
@@ -65,17 +66,17 @@ def load(name: str, mnist_size: int):
     return x, y
 
 
-def models(tune: bool) -> dict:
+def models(tune: bool, device: str = "cpu") -> dict:
     inner = StratifiedKFold(3, shuffle=True, random_state=1)
-    ntk = NTKClassifier(hidden_layers=3, diag_reg=1e-3)
+    ntk = NTKClassifier(hidden_layers=3, diag_reg=1e-3, device=device)
     svc = SVC()
     if tune:
         ntk = GridSearchCV(ntk, {"hidden_layers": [1, 3], "diag_reg": [1e-3, 1e-1]}, cv=inner)
         svc = GridSearchCV(svc, {"C": [1.0, 10.0], "gamma": ["scale", "scale_x0.3"]}, cv=inner)
     return {
         BASELINE: ntk,
-        "NNGP classifier": NTKClassifier(hidden_layers=3, diag_reg=1e-3, kernel="nngp"),
-        "NTK-SVM": NTKClassifier(hidden_layers=3, solver="svm"),
+        "NNGP classifier": NTKClassifier(hidden_layers=3, diag_reg=1e-3, kernel="nngp", device=device),
+        "NTK-SVM": NTKClassifier(hidden_layers=3, solver="svm", device=device),
         "RBF-SVC": svc,
         "RandomForest": RandomForestClassifier(n_estimators=300, random_state=0, n_jobs=1),
         "MLP": MLPClassifier(hidden_layer_sizes=(256,), max_iter=200, random_state=0),
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--mnist-size", type=int, default=2500, help="stratified subsample of mnist5k (max 5000)")
     parser.add_argument("--tune", action="store_true", help="inner-CV grids for NTK and RBF-SVC (see the docstring)")
     parser.add_argument("--threads", type=int, default=1, help="threads for torch and the BLAS (default 1)")
+    parser.add_argument("--device", default="cpu", help="where the ntkit estimators' kernels and solves run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
@@ -141,7 +143,8 @@ def main() -> None:
         parser.error(f"unknown data sets {sorted(unknown)}; choose from {DATASETS}")
     warnings.filterwarnings("ignore", category=ConvergenceWarning)  # MLP reaching max_iter on the small sets
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
-    candidates = models(args.tune)
+    print(f"torch {torch.__version__}, ntkit estimators on {device_description(args.device)}")
+    candidates = models(args.tune, args.device)
     results, shapes = {}, []
     for data in names:
         x, y = load(data, args.mnist_size)

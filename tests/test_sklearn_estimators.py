@@ -188,9 +188,24 @@ def test_errors_as_scikit_learn_users_expect():
     ({"hidden_layers": 1.5}, "hidden_layers must be a non-negative integer"),
     ({"solver": "lbfgs"}, "solver must be one of"),
     ({"C": 0}, "C must be a positive"),
+    ({"device": "nonsense"}, "NTKClassifier: device must name a torch device"),
 ])
 def test_bad_parameters_are_refused_at_fit(params, message):
     x, y = load_iris(return_X_y=True)
     estimator = NTKClassifier(**params)  # sklearn convention: __init__ stores, fit validates
     with pytest.raises(ValueError, match=message):
         estimator.fit(x, y)
+
+
+def test_device_option_runs_kernels_and_solves_there():
+    """device="cpu" is the default's result exactly; a device this machine lacks is refused at fit, naming it."""
+    x, y = load_iris(return_X_y=True)
+    default = NTKClassifier().fit(x, y)
+    on_cpu = NTKClassifier(device="cpu").fit(x, y)
+    np.testing.assert_array_equal(on_cpu.dual_coef_, default.dual_coef_)
+    np.testing.assert_array_equal(on_cpu.predict_proba(x), default.predict_proba(x))
+    regressor = NTKRegressor(device=torch.device("cpu"), t=10.0).fit(x, y.astype(float))
+    assert regressor.predict(x).dtype == np.float64
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="NTKRegressor: device='cuda' was requested but CUDA is not available"):
+            NTKRegressor(device="cuda").fit(x, y.astype(float))

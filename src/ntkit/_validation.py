@@ -102,3 +102,20 @@ def check_nonnegative_float(value: Any, name: str) -> float:
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite non-negative number; got {value}")
     return value
+
+
+def resolve_device(device, name: str = "device") -> torch.device:
+    """A torch.device from a name such as "cpu", "cuda" or "cuda:1" (None: the CPU), refusing one this machine does
+    not have with an error naming the argument ``name``."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name} must name a torch device such as 'cpu' or 'cuda'; got {device!r} ({err})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={device!r} was requested but CUDA is not available on this machine (this torch "
+                         f"build: {torch.__version__}); use 'cpu'")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r} was requested but MPS is not available on this machine; use 'cpu'")
+    return resolved

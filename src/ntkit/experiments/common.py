@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
+from .._validation import resolve_device  # noqa: F401  (re-exported: experiments take device=)
 
 __all__ = ["SIZES", "ExperimentOutput", "ExperimentResult", "check_size", "resolve_device", "new_figure",
            "colormap_colors",
@@ -52,21 +53,6 @@ def check_size(size: str) -> str:
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}; got {size!r}")
     return size
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """A torch.device from a name such as "cpu", "cuda" or "cuda:1", refusing one this machine does not have."""
-    if device is None:
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda'; got {device!r} ({err})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available on this machine; use --device cpu")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} was requested but MPS is not available on this machine; use --device cpu")
-    return resolved
 
 
 def new_figure(nrows: int, ncols: int, *, figsize: tuple[float, float], **subplots):

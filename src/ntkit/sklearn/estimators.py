@@ -24,6 +24,7 @@ from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._validation import resolve_device
 from .kernels import as_tensor, resolve_architecture, shaped
 
 __all__ = ["NTKRegressor", "NTKClassifier"]
@@ -47,7 +48,8 @@ class _KernelMachine(BaseEstimator):
     """Shared fitting of the dual coefficients α_t (see the module docstring) and kernel evaluation."""
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
-                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None):
+                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None, device=None):
+        self.device = device
         self.hidden_layers = hidden_layers
         self.activation = activation
         self.w_std = w_std
@@ -71,27 +73,29 @@ class _KernelMachine(BaseEstimator):
         _check_positive(self.t, "t", owner, allow_zero=True, allow_inf=True)
         _check_positive(self.learning_rate, "learning_rate", owner)
         _check_positive(self.diag_reg, "diag_reg", owner, allow_zero=True)
+        resolve_device(self.device, f"{owner}: device")
 
     def _kernel(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
         """The (N1, N2) float64 NTK or NNGP of the architecture (``nk.mlp(hidden_layers, ., activation, w_std,
         b_std)`` unless ``architecture`` is given), rows reshaped to ``input_shape`` when given."""
         owner = type(self).__name__
-        x1 = shaped(as_tensor(x1), self.input_shape, owner)
-        x2 = None if x2 is None else shaped(as_tensor(x2), self.input_shape, owner)
+        device = resolve_device(self.device, f"{owner}: device")
+        x1 = shaped(as_tensor(x1), self.input_shape, owner).to(device)
+        x2 = None if x2 is None else shaped(as_tensor(x2), self.input_shape, owner).to(device)
         return self._arch().kernel(x1, x2, get=self.kernel)[self.kernel]
 
     def _fit_dual_coef(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """α_t (N, O) for targets (N, O), from the train-train kernel of ``x``."""
         k_train = self._kernel(x)
-        y = as_tensor(targets)
+        y = as_tensor(targets).to(k_train.device)
         if math.isinf(self.t):
-            return self._ridge_coef(k_train, y).numpy()
+            return self._ridge_coef(k_train, y).cpu().numpy()
         # Finite t: the closed form of nk.GradientFlow (one eigendecomposition); α_t = −dual_coefficients for f_0 = 0.
         # Imported here: ntkit.dynamics loads the empirical-NTK machinery, which t = inf never needs.
         from ..dynamics.gradient_flow import GradientFlow
 
         flow = GradientFlow(k_train, y, learning_rate=self.learning_rate, diag_reg=self.diag_reg)
-        return (-flow.dual_coefficients(float(self.t))[0]).numpy()
+        return (-flow.dual_coefficients(float(self.t))[0]).cpu().numpy()
 
     def _ridge_coef(self, k_train: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(Θ + rI)⁻¹ y with r = diag_reg·tr(Θ)/N, GradientFlow's regulariser, by a Cholesky solve.
@@ -102,7 +106,8 @@ class _KernelMachine(BaseEstimator):
         """
         n = k_train.shape[0]
         reg = self.diag_reg * float(torch.diagonal(k_train).mean())
-        factor, info = torch.linalg.cholesky_ex(k_train + reg * torch.eye(n, dtype=k_train.dtype))
+        factor, info = torch.linalg.cholesky_ex(k_train + reg * torch.eye(n, dtype=k_train.dtype,
+                                                                         device=k_train.device))
         if int(info) != 0:
             raise ValueError(
                 f"{type(self).__name__}: the train-train {self.kernel.upper()} kernel (+ diag_reg·tr/N·I, diag_reg="
@@ -114,7 +119,8 @@ class _KernelMachine(BaseEstimator):
         """f_t(x*) = Θ(x*, X) α_t, (M, O)."""
         check_is_fitted(self, "dual_coef_")
         x = validate_data(self, X, reset=False, dtype=np.float64)
-        return self._kernel(x, self.X_fit_).numpy() @ self.dual_coef_
+        k = self._kernel(x, self.X_fit_)
+        return (k @ torch.from_numpy(self.dual_coef_).to(k.device)).cpu().numpy()
 
 
 class NTKRegressor(RegressorMixin, _KernelMachine):
@@ -138,6 +144,8 @@ class NTKRegressor(RegressorMixin, _KernelMachine):
         architecture: any ntkit architecture (``nk.cnn(3)``, ``nk.myrtle(5)``, an ``nk.Serial``) instead of the
             MLP of the parameters above (which are then ignored).
         input_shape: the per-sample shape the rows of X are reshaped to, e.g. (1, 28, 28) for images.
+        device: where kernels and solves run ("cpu", "cuda", "cuda:1"; None: the CPU); inputs and results stay
+            NumPy arrays, float64.
 
     Attributes:
         X_fit_: (N, d) training inputs (float64); dual_coef_: (N, O) α_t; n_features_in_.
@@ -186,9 +194,10 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
     """
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
-                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None, solver="regression", C=1.0):
+                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None, device=None,
+                 solver="regression", C=1.0):
         super().__init__(hidden_layers, activation, w_std, b_std, kernel, t, learning_rate, diag_reg, architecture,
-                         input_shape)
+                         input_shape, device)
         self.solver = solver
         self.C = C
 
@@ -207,7 +216,7 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
         for stale in ("svc_", "dual_coef_"):  # a refit with the other solver must not predict with the old one
             self.__dict__.pop(stale, None)
         if self.solver == "svm":
-            self.svc_ = SVC(kernel="precomputed", C=float(self.C)).fit(self._kernel(x).numpy(), codes)
+            self.svc_ = SVC(kernel="precomputed", C=float(self.C)).fit(self._kernel(x).cpu().numpy(), codes)
         else:
             n_classes = len(self.classes_)
             targets = np.eye(n_classes)[codes] - 1.0 / n_classes
@@ -218,7 +227,7 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
         """(M, K) class scores: network outputs f_t(x*) (regression) or SVC's one-vs-rest decision values."""
         if hasattr(self, "svc_"):  # fitted with solver="svm"
             x = validate_data(self, X, reset=False, dtype=np.float64)
-            decision = self.svc_.decision_function(self._kernel(x, self.X_fit_).numpy())
+            decision = self.svc_.decision_function(self._kernel(x, self.X_fit_).cpu().numpy())
             return np.stack([-decision / 2, decision / 2], axis=1) if decision.ndim == 1 else decision
         check_is_fitted(self, "dual_coef_")
         return self._outputs(X)
