@@ -51,8 +51,8 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 import ntkit as nk
-from _timing import device_description
 from ntkit.sklearn import NTKClassifier
+from _timing import device_description
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits", "mnist5k")
 BASELINE = "NTKClassifier"

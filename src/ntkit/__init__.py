@@ -36,6 +36,8 @@ _LAZY = {
     "ntk_features": "ntkit.dynamics",
     "random_features_kernel": "ntkit.dynamics",
     "RandomFeatureModel": "ntkit.dynamics",
+    "KernelOperator": "ntkit.operators",
+    "conjugate_gradient": "ntkit.operators",
     "spectrum": "ntkit.spectrum",
     "data": "ntkit.data",
     "sklearn": "ntkit.sklearn",
