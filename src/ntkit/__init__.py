@@ -38,6 +38,7 @@ _LAZY = {
     "RandomFeatureModel": "ntkit.dynamics",
     "KernelOperator": "ntkit.operators",
     "conjugate_gradient": "ntkit.operators",
+    "falkon": "ntkit.operators",
     "spectrum": "ntkit.spectrum",
     "data": "ntkit.data",
     "sklearn": "ntkit.sklearn",

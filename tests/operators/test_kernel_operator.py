@@ -105,3 +105,13 @@ print(json.dumps(dict(rise_mib=(peak - base) / 1024, panel_rows=op.panel_rows, f
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["panel_rows"] == 233 and result["finite"]
     assert result["rise_mib"] < 64, result  # 2x the budget; the whole kernel would be 137 MiB
+
+
+def test_normal_product_is_kt_k_u_plus_v():
+    op = nk.KernelOperator(MLP, X, Y, panel_rows=6)
+    dense = MLP.kernel(X, Y, get="ntk").ntk
+    u, v = torch.randn(11, 2, dtype=torch.float64), torch.randn(37, 2, dtype=torch.float64)
+    torch.testing.assert_close(op.normal_product(u, v), dense.T @ (dense @ u + v), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(op.normal_product(u[:, 0]), dense.T @ (dense @ u[:, 0]), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match=r"v must have shape \(37, 2\)"):
+        op.normal_product(u, v[:3])

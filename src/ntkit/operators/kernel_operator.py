@@ -147,6 +147,26 @@ class KernelOperator:
     def matvec(self, v) -> torch.Tensor:
         return self @ v
 
+    def normal_product(self, u, v=None) -> torch.Tensor:
+        """Kᵀ (K u + v) for u (N2,) or (N2, k) and v (N1, ...) or None, streamed by panels in float64: the
+        normal-equations product of Nyström/Falkon solvers (K = K(X, centres)), without K or Kᵀ K in memory."""
+        u = torch.as_tensor(u, device=self.device).to(torch.float64)
+        if u.ndim not in (1, 2) or u.shape[0] != self.shape[1]:
+            raise ValueError(f"u must have shape ({self.shape[1]},) or ({self.shape[1]}, k); got {tuple(u.shape)}")
+        if v is not None:
+            v = torch.as_tensor(v, device=self.device).to(torch.float64)
+            if v.shape != (self.shape[0], *u.shape[1:]):
+                raise ValueError(f"v must have shape {(self.shape[0], *u.shape[1:])}; got {tuple(v.shape)}")
+        out = torch.zeros_like(u)
+        for index in range(self.panels):
+            panel = self._panel(index).to(torch.float64)
+            start = index * self.panel_rows
+            inner = panel @ u
+            if v is not None:
+                inner += v[start:start + panel.shape[0]]
+            out += panel.T @ inner
+        return out
+
     def rows(self, index) -> torch.Tensor:
         """K[index, :] for an index tensor, list or slice: (len(index), N2), in the kernel's dtype."""
         index = torch.arange(self.shape[0], device=self.device)[index] if isinstance(index, slice) else \
