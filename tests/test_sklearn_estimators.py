@@ -209,3 +209,45 @@ def test_device_option_runs_kernels_and_solves_there():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="NTKRegressor: device='cuda' was requested but CUDA is not available"):
             NTKRegressor(device="cuda").fit(x, y.astype(float))
+
+
+@pytest.mark.parametrize("solver", ["cg", "nystrom"])
+def test_iterative_solvers_agree_with_the_dense_one(solver):
+    """cg solves the same (K + rI) α = Y as Cholesky (to tol = 1e-10 relative residual; K + rI has condition
+    number < 1e6 here, so predictions agree to 1e-4 relative); nystrom with all N points as centres is the same
+    ridge regression (Falkon's M = N case)."""
+    x, y, x_test = regression_data(n=60, m=9, outputs=2)
+    dense = NTKRegressor(hidden_layers=2, diag_reg=1e-3).fit(x, y)
+    options = dict(centres=60) if solver == "nystrom" else {}
+    iterative = NTKRegressor(hidden_layers=2, diag_reg=1e-3, solver=solver, tol=1e-10, **options).fit(x, y)
+    assert dense.solver_ == "cholesky" and iterative.solver_ == solver and iterative.solve_report_.converged
+    expected = dense.predict(x_test)
+    np.testing.assert_allclose(iterative.predict(x_test), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    xc, yc = load_iris(return_X_y=True)
+    clf = NTKClassifier(solver=solver, tol=1e-10, **({"centres": 150} if solver == "nystrom" else {})).fit(xc, yc)
+    np.testing.assert_array_equal(clf.predict(xc), NTKClassifier().fit(xc, yc).predict(xc))
+
+
+def test_auto_chooses_by_size_and_memory(monkeypatch):
+    from ntkit.sklearn import estimators
+
+    x, y, _ = regression_data(n=40)
+    assert NTKRegressor().fit(x, y).solver_ == "cholesky"
+    monkeypatch.setattr(estimators, "DENSE_MAX_N", 30)
+    assert NTKRegressor().fit(x, y).solver_ == "cg"
+    monkeypatch.setattr(estimators, "CG_MAX_N", 35)
+    model = NTKRegressor(centres=20).fit(x, y)
+    assert model.solver_ == "nystrom" and model.support_.shape == (20, x.shape[1])
+    assert model.dual_coef_.shape == (20, y.shape[1]) and model.predict(x).shape == y.shape
+
+
+def test_iterative_solvers_refuse_what_they_cannot_do():
+    x, y, _ = regression_data()
+    with pytest.raises(ValueError, match="solver='cg' solves t = inf"):
+        NTKRegressor(solver="cg", t=10.0).fit(x, y)
+    with pytest.raises(ValueError, match="solver='nystrom' needs diag_reg > 0"):
+        NTKRegressor(solver="nystrom", diag_reg=0.0).fit(x, y)
+    with pytest.raises(ValueError, match="centres must be None or a positive integer"):
+        NTKRegressor(solver="nystrom", centres=0).fit(x, y)
+    with pytest.raises(ValueError, match=r"solver must be one of \('auto', 'cholesky', 'cg', 'nystrom'\)"):
+        NTKRegressor(solver="svm").fit(x, y)

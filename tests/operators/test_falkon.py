@@ -50,3 +50,15 @@ def test_bad_arguments_are_named():
         nk.falkon(ARCH, X, target(X)[:10], reg=REG)
     with pytest.raises(ValueError, match="centres must be a positive integer"):
         nk.falkon(ARCH, X, target(X), centres=0, reg=REG)
+
+
+def test_repeated_points_are_one_centre():
+    """With duplicated inputs KRR's solution lies in the span of the distinct points' kernel functions, so Falkon on
+    the distinct centres is KRR exactly (without the deduplication K_MM is singular and CG diverged on iris)."""
+    x = torch.cat([X[:100], X[:40]])
+    k = ARCH.kernel(x, get="ntk").ntk
+    exact = ARCH.kernel(X_TEST, x, get="ntk").ntk @ torch.linalg.solve(k + REG * torch.eye(140, dtype=torch.float64),
+                                                                        target(x))
+    model = nk.falkon(ARCH, x, target(x), centres=140, reg=REG, tol=1e-10)
+    assert model.centres.shape[0] == 100 and model.report.converged
+    torch.testing.assert_close(model.predict(X_TEST), exact, rtol=1e-6, atol=1e-6 * float(exact.abs().max()))

@@ -51,7 +51,8 @@ def falkon(arch: Layer, x, y, *, centres: int = 1000, reg: float, get: str = "nt
 
     Args:
         arch: any ntkit architecture; x: (N, ...) inputs; y: (N,) or (N, k) targets.
-        centres: M, the number of Nyström centres (drawn uniformly without replacement; all N when M ≥ N).
+        centres: M, the number of Nyström centres (drawn uniformly without replacement; all N when M ≥ N;
+            repeated points are kept once).
         reg: r > 0, the ridge of (K + rI) in kernel-ridge terms.
         tol: relative residual of the preconditioned system at which CG stops; max_iter: its cap.
         seed: for the centres. memory_budget: bytes for the streamed N × M panels (KernelOperator's).
@@ -75,6 +76,11 @@ def falkon(arch: Layer, x, y, *, centres: int = 1000, reg: float, get: str = "nt
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.arange(n) if centres >= n else torch.randperm(n, generator=generator)[:centres].sort().values
     centre_points = inputs[chosen.to(inputs.device)]
+    # Repeated centres make K_MM exactly singular and T⁻¹ blow the rounding up along their difference (measured:
+    # CG diverging on iris, which has duplicate rows); one copy of each spans the same functions.
+    flat = centre_points.reshape(len(centre_points), -1)
+    _, first = _unique_rows(flat)
+    centre_points = centre_points[first]
     m = centre_points.shape[0]
     started = time.perf_counter()
     with intra_op_threads(n * m * (targets.shape[1] if targets.ndim == 2 else 1), inputs.device):
@@ -104,6 +110,15 @@ def falkon(arch: Layer, x, y, *, centres: int = 1000, reg: float, get: str = "nt
     report = SolveReport("falkon", iterations, residual, residual <= tol, tol, "falkon", m,
                          time.perf_counter() - started)
     return FalkonModel(arch, get, centre_points, alpha[:, 0] if vector else alpha, report, memory_budget)
+
+
+def _unique_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unique rows, index of each one's first occurrence, in the original order)."""
+    unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    first = torch.full((len(unique),), len(flat), dtype=torch.long, device=flat.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(flat), device=flat.device), reduce="amin")
+    first = first.sort().values
+    return flat[first], first
 
 
 def _solve_upper(r: torch.Tensor, u: torch.Tensor, transpose: bool = False) -> torch.Tensor:

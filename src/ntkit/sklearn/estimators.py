@@ -24,13 +24,20 @@ from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._memory import available_bytes
 from .._validation import resolve_device
 from .kernels import as_tensor, resolve_architecture, shaped
 
 __all__ = ["NTKRegressor", "NTKClassifier"]
 
 KERNEL_KINDS = ("ntk", "nngp")
-SOLVERS = ("regression", "svm")
+# How (K + rI) α = Y is solved: the dense kernel by Cholesky (finite t: one eigendecomposition), conjugate gradients
+# on a KernelOperator (Nyström-preconditioned; the kernel is never held whole), or Falkon on Nyström centres.
+LINEAR_SOLVERS = ("auto", "cholesky", "cg", "nystrom")
+# "auto": dense up to this many training points (and while twice the float64 kernel fits in half the free memory),
+# conjugate gradients up to CG_MAX_N, Falkon beyond (a CG product recomputes N² kernel entries per iteration).
+DENSE_MAX_N = 20_000
+CG_MAX_N = 50_000
 
 
 def _check_positive(value, name: str, owner: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
@@ -48,7 +55,11 @@ class _KernelMachine(BaseEstimator):
     """Shared fitting of the dual coefficients α_t (see the module docstring) and kernel evaluation."""
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
-                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None, device=None):
+                 learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None, device=None, solver="auto",
+                 centres=None, tol=1e-8):
+        self.solver = solver
+        self.centres = centres
+        self.tol = tol
         self.device = device
         self.hidden_layers = hidden_layers
         self.activation = activation
@@ -74,6 +85,34 @@ class _KernelMachine(BaseEstimator):
         _check_positive(self.learning_rate, "learning_rate", owner)
         _check_positive(self.diag_reg, "diag_reg", owner, allow_zero=True)
         resolve_device(self.device, f"{owner}: device")
+        if self.centres is not None and (isinstance(self.centres, bool) or not isinstance(self.centres, numbers.Integral)
+                                         or self.centres < 1):
+            raise ValueError(f"{owner}: centres must be None or a positive integer; got {self.centres!r}")
+        _check_positive(self.tol, "tol", owner)
+
+    def _linear_solver(self, n: int) -> str:
+        """The solver ``solver`` names for n training points ("auto" resolved; see LINEAR_SOLVERS)."""
+        owner = type(self).__name__
+        solver = "auto" if self.solver == "regression" else self.solver  # "regression": NTKClassifier's old name
+        if solver not in LINEAR_SOLVERS:
+            raise ValueError(f"{owner}: solver must be one of {self._solver_names()}; got {self.solver!r}")
+        if solver == "auto":
+            dense_bytes = 2 * n * n * 8
+            device = resolve_device(self.device, f"{owner}: device")
+            if n <= DENSE_MAX_N and dense_bytes <= available_bytes(device) // 2:
+                solver = "cholesky"
+            else:
+                solver = "cg" if n <= CG_MAX_N else "nystrom"
+        if solver != "cholesky" and not math.isinf(self.t):
+            raise ValueError(f"{owner}: solver={solver!r} solves t = inf (kernel ridge regression); finite t needs "
+                             "the eigendecomposition of solver='cholesky'")
+        if solver != "cholesky" and not self.diag_reg > 0:
+            raise ValueError(f"{owner}: solver={solver!r} needs diag_reg > 0 (the ridge makes the system well posed "
+                             "for an iterative solver)")
+        return solver
+
+    def _solver_names(self) -> tuple[str, ...]:
+        return LINEAR_SOLVERS
 
     def _kernel(self, x1: np.ndarray, x2: np.ndarray | None = None) -> torch.Tensor:
         """The (N1, N2) float64 NTK or NNGP of the architecture (``nk.mlp(hidden_layers, ., activation, w_std,
@@ -85,7 +124,12 @@ class _KernelMachine(BaseEstimator):
         return self._arch().kernel(x1, x2, get=self.kernel)[self.kernel]
 
     def _fit_dual_coef(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """α_t (N, O) for targets (N, O), from the train-train kernel of ``x``."""
+        """α_t (M, O) for targets (N, O): over the N training points, or over M Nyström centres (``support_``)."""
+        solver = self._linear_solver(len(x))
+        self.solver_ = solver
+        self.support_ = x
+        if solver in ("cg", "nystrom"):
+            return self._iterative_coef(x, targets, solver)
         k_train = self._kernel(x)
         y = as_tensor(targets).to(k_train.device)
         if math.isinf(self.t):
@@ -96,6 +140,34 @@ class _KernelMachine(BaseEstimator):
 
         flow = GradientFlow(k_train, y, learning_rate=self.learning_rate, diag_reg=self.diag_reg)
         return (-flow.dual_coefficients(float(self.t))[0]).cpu().numpy()
+
+    def _iterative_coef(self, x: np.ndarray, targets: np.ndarray, solver: str) -> np.ndarray:
+        """(K + rI)⁻¹ Y by Nyström-preconditioned CG, or Falkon's Nyström KRR (then ``support_`` = the centres);
+        r = diag_reg · mean(diag K), the dense path's ridge, from the O(N) diagonal."""
+        from ..operators import KernelOperator, conjugate_gradient, falkon
+
+        owner = type(self).__name__
+        device = resolve_device(self.device, f"{owner}: device")
+        inputs = shaped(as_tensor(x), self.input_shape, owner).to(device)
+        arch = self._arch()
+        reg = self.diag_reg * float(arch.kernel_diagonal(inputs, get=self.kernel)[self.kernel].mean())
+        y = as_tensor(targets).to(device)
+        if solver == "cg":
+            op = KernelOperator(arch, inputs, get=self.kernel)
+            alpha, self.solve_report_ = conjugate_gradient(op, y, reg=reg, tol=self.tol,
+                                                           rank=min(len(x), max(100, int(math.sqrt(len(x))))))
+        else:
+            centres = self.centres or min(len(x), max(100, int(10 * math.sqrt(len(x)))))
+            model = falkon(arch, inputs, y, centres=centres, reg=reg, get=self.kernel, tol=self.tol)
+            alpha, self.solve_report_ = model.alpha, model.report
+            self.support_ = model.centres.reshape(len(model.centres), -1).cpu().numpy()
+        if not self.solve_report_.converged:
+            import warnings
+
+            warnings.warn(f"{owner}: solver={solver!r} stopped at relative residual "
+                          f"{self.solve_report_.relative_residual:.2g} (tol={self.tol:g}) after "
+                          f"{self.solve_report_.iterations} iterations", RuntimeWarning, stacklevel=4)
+        return alpha.cpu().numpy()
 
     def _ridge_coef(self, k_train: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(Θ + rI)⁻¹ y with r = diag_reg·tr(Θ)/N, GradientFlow's regulariser, by a Cholesky solve.
@@ -116,11 +188,18 @@ class _KernelMachine(BaseEstimator):
         return torch.cholesky_solve(y, factor)
 
     def _outputs(self, X) -> np.ndarray:
-        """f_t(x*) = Θ(x*, X) α_t, (M, O)."""
+        """f_t(x*) = Θ(x*, S) α_t, (M, O), S the training points (or the Nyström centres), streamed by row panels:
+        the test kernel is never held whole."""
+        from ..operators import KernelOperator
+
         check_is_fitted(self, "dual_coef_")
         x = validate_data(self, X, reset=False, dtype=np.float64)
-        k = self._kernel(x, self.X_fit_)
-        return (k @ torch.from_numpy(self.dual_coef_).to(k.device)).cpu().numpy()
+        owner = type(self).__name__
+        device = resolve_device(self.device, f"{owner}: device")
+        test = shaped(as_tensor(x), self.input_shape, owner).to(device)
+        support = shaped(as_tensor(getattr(self, "support_", self.X_fit_)), self.input_shape, owner).to(device)
+        op = KernelOperator(self._arch(), test, support, get=self.kernel, store=None)
+        return (op @ torch.from_numpy(self.dual_coef_)).cpu().numpy()
 
 
 class NTKRegressor(RegressorMixin, _KernelMachine):
@@ -146,9 +225,18 @@ class NTKRegressor(RegressorMixin, _KernelMachine):
         input_shape: the per-sample shape the rows of X are reshaped to, e.g. (1, 28, 28) for images.
         device: where kernels and solves run ("cpu", "cuda", "cuda:1"; None: the CPU); inputs and results stay
             NumPy arrays, float64.
+        solver: "cholesky" (the dense kernel: one Cholesky factorisation at t = ∞, an eigendecomposition at
+            finite t), "cg" (t = ∞: conjugate gradients on ``nk.KernelOperator``, Nyström-preconditioned, the
+            kernel never held whole), "nystrom" (t = ∞: Falkon on ``centres`` Nyström centres, Rudi et al. 2017) or
+            "auto" (default: cholesky up to N = 20,000 when the kernel fits in memory, cg up to 50,000, nystrom
+            beyond).
+        centres: Nyström centres for solver="nystrom" (default 10·√N, at least 100).
+        tol: relative residual at which the iterative solvers stop.
 
     Attributes:
-        X_fit_: (N, d) training inputs (float64); dual_coef_: (N, O) α_t; n_features_in_.
+        X_fit_: (N, d) training inputs (float64); dual_coef_: (N, O) α_t, or (M, O) over the Nyström centres
+        support_ (solver "nystrom"); solver_: the solver used; solve_report_: the iterative solver's report;
+        n_features_in_.
     """
 
     # __init__ (the parameters above) is _KernelMachine's.
@@ -177,35 +265,39 @@ class NTKRegressor(RegressorMixin, _KernelMachine):
 class NTKClassifier(ClassifierMixin, _KernelMachine):
     r"""Classification with the infinite-width network: one-hot regression on the NTK/NNGP, or an SVM on it.
 
-    ``solver="regression"`` (default) trains the infinite-width network on centred one-hot targets
-    y_ik = 1[y_i = k] − 1/K by gradient flow on the MSE for time t (the :class:`NTKRegressor` closed form;
-    Arora et al. 2019 and Lee et al. 2018 classify this way); the scores are the K outputs f_t(x*).
-    ``solver="svm"`` fits ``sklearn.svm.SVC(kernel="precomputed", C=C)`` on the kernel instead (Arora et al.
+    By default (``solver="auto"``, or any of :class:`NTKRegressor`'s solvers) it trains the infinite-width network
+    on centred one-hot targets y_ik = 1[y_i = k] − 1/K by gradient flow on the MSE for time t (the
+    :class:`NTKRegressor` closed form; Arora et al. 2019 and Lee et al. 2018 classify this way); the scores are the K
+    outputs f_t(x*). ``solver="svm"`` fits ``sklearn.svm.SVC(kernel="precomputed", C=C)`` on the kernel instead (Arora et al.
     2020's NTK-SVM); its scores are SVC's one-vs-rest decision values (binary: ±d/2).
 
     ``predict`` returns the class of the largest score. ``predict_proba`` is the softmax of the scores: a monotone
     map, consistent with ``predict``, but not calibrated (wrap in ``CalibratedClassifierCV`` for calibration).
 
     Args: as :class:`NTKRegressor`, plus
-        solver: "regression" or "svm"; C: SVC's penalty (> 0, used by solver="svm" only; t, learning_rate and
-            diag_reg are used by solver="regression" only).
+        solver: "auto", "cholesky", "cg", "nystrom" (one-hot kernel regression, as NTKRegressor's; "regression" is
+            accepted for "auto") or "svm" (dense kernel); C: SVC's penalty (> 0, used by solver="svm" only; t,
+            learning_rate and diag_reg are used by the regression solvers only).
 
-    Attributes: classes_, n_features_in_, X_fit_, and dual_coef_ (N, K) for "regression" or svc_ for "svm".
+    Attributes: classes_, n_features_in_, X_fit_, and dual_coef_ (N or M, K) with solver_ for the regression
+    solvers, or svc_ for "svm".
     """
 
     def __init__(self, hidden_layers=3, activation="relu", w_std=1.0, b_std=0.1, kernel="ntk", t=math.inf,
                  learning_rate=1.0, diag_reg=1e-4, architecture=None, input_shape=None, device=None,
-                 solver="regression", C=1.0):
+                 solver="auto", centres=None, tol=1e-8, C=1.0):
         super().__init__(hidden_layers, activation, w_std, b_std, kernel, t, learning_rate, diag_reg, architecture,
-                         input_shape, device)
-        self.solver = solver
+                         input_shape, device, solver, centres, tol)
         self.C = C
+
+    def _solver_names(self) -> tuple[str, ...]:
+        return (*LINEAR_SOLVERS, "svm")
 
     def fit(self, X, y):
         """Fit to X (N, d) and class labels y (N,) of at least two classes."""
         self._check_params()
-        if self.solver not in SOLVERS:
-            raise ValueError(f"NTKClassifier: solver must be one of {SOLVERS}; got {self.solver!r}")
+        if self.solver not in (*self._solver_names(), "regression"):  # named before any work
+            raise ValueError(f"NTKClassifier: solver must be one of {self._solver_names()}; got {self.solver!r}")
         _check_positive(self.C, "C", "NTKClassifier")
         x, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
@@ -213,8 +305,8 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
         if len(self.classes_) < 2:
             raise ValueError(f"NTKClassifier needs samples of at least 2 classes; got 1 class ({self.classes_[0]!r})")
         self.X_fit_ = x
-        for stale in ("svc_", "dual_coef_"):  # a refit with the other solver must not predict with the old one
-            self.__dict__.pop(stale, None)
+        for stale in ("svc_", "dual_coef_", "support_", "solver_", "solve_report_"):  # a refit with another
+            self.__dict__.pop(stale, None)                                               # solver must not reuse them
         if self.solver == "svm":
             self.svc_ = SVC(kernel="precomputed", C=float(self.C)).fit(self._kernel(x).cpu().numpy(), codes)
         else:
