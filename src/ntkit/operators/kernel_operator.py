@@ -47,10 +47,14 @@ class KernelOperator:
             fit the budget), or a folder path (keep them on disk as .npy files, named by a hash of the
             architecture, inputs and kind, so another operator on the same data reuses them).
         progress: tqdm bar over panels (None: only for long products on a terminal).
+        backend: "local" (this process) or "dask": panels computed and kept on the workers of ``client`` (a
+            ``distributed.Client``), products as one task per panel (:mod:`ntkit.operators.dask_backend`); a lost
+            worker's panels are recomputed by Dask, and a failing task is retried ``retries`` times.
     """
 
     def __init__(self, arch: Layer, x1, x2=None, *, get: str = "ntk", memory_budget: int | None = None,
-                 panel_rows: int | None = None, store="auto", progress: bool | None = None):
+                 panel_rows: int | None = None, store="auto", progress: bool | None = None, backend: str = "local",
+                 client=None, retries: int = 2):
         if not isinstance(arch, Layer):
             raise TypeError(f"arch must be an ntkit architecture (nk.mlp(...), nk.Serial(...)); got "
                             f"{type(arch).__name__}")
@@ -80,8 +84,20 @@ class KernelOperator:
             raise MemoryError(f"panel_rows={panel_rows} needs {format_bytes(2 * panel_rows * row_bytes)} per panel, "
                               f"over memory_budget={format_bytes(self.memory_budget)}; pass at most {fitting}")
         self.panel_rows = int(min(panel_rows, max(self.shape[0], 1)))
-        self._store = self._open_store(store, itemsize)
+        self._fingerprint_value: str | None = None
         self._panels: dict[int, torch.Tensor] = {}
+        if backend not in ("local", "dask"):
+            raise ValueError(f"backend must be 'local' or 'dask'; got {backend!r}")
+        if backend == "dask":
+            from .dask_backend import DaskPanels
+
+            self._store = None
+            self._dask = DaskPanels(self, client, retries)
+        else:
+            if client is not None:
+                raise ValueError("client is for backend='dask'; pass backend='dask' with it")
+            self._store = self._open_store(store, itemsize)
+            self._dask = None
 
     # ----- storage --------------------------------------------------------------------------------------------
     def _open_store(self, store, itemsize: int):
@@ -98,15 +114,18 @@ class KernelOperator:
             return "memory"
         folder = Path(store)
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"kernel-{self._fingerprint()}"
+        return folder / f"kernel-{self.fingerprint}"
 
-    def _fingerprint(self) -> str:
-        """A name for this kernel's panels: the architecture, kind, panel size and the inputs' bytes."""
-        digest = hashlib.sha256(repr((self.arch, self.get, self.panel_rows, self.symmetric)).encode())
-        for x in (self.x1, self.x2):
-            digest.update(str((tuple(x.shape), x.dtype)).encode())
-            digest.update(x.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:24]
+    @property
+    def fingerprint(self) -> str:
+        """A name for this kernel's panels: a hash of the architecture, kind, panel size and the inputs' bytes."""
+        if self._fingerprint_value is None:
+            digest = hashlib.sha256(repr((self.arch, self.get, self.panel_rows, self.symmetric)).encode())
+            for x in (self.x1, self.x2):
+                digest.update(str((tuple(x.shape), x.dtype)).encode())
+                digest.update(x.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint_value = digest.hexdigest()[:24]
+        return self._fingerprint_value
 
     def _panel(self, index: int) -> torch.Tensor:
         """Rows [index·panel_rows, ...) of K, computed, or read from the store."""
@@ -137,6 +156,8 @@ class KernelOperator:
             raise ValueError(f"the operand must have shape ({self.shape[1]},) or ({self.shape[1]}, k) to multiply a "
                              f"{self.shape[0]}x{self.shape[1]} kernel; got {tuple(v.shape)}")
         v64 = v.to(torch.float64)
+        if self._dask is not None:
+            return self._dask.matmul(v64)
         out = torch.empty((self.shape[0], *v.shape[1:]), dtype=torch.float64, device=self.device)
         show = self.progress if self.progress is not None else self.panels >= 16 and self._store is None
         for index in tqdm(range(self.panels), desc="kernel panels", disable=None if show else True, leave=False):
@@ -157,6 +178,8 @@ class KernelOperator:
             v = torch.as_tensor(v, device=self.device).to(torch.float64)
             if v.shape != (self.shape[0], *u.shape[1:]):
                 raise ValueError(f"v must have shape {(self.shape[0], *u.shape[1:])}; got {tuple(v.shape)}")
+        if self._dask is not None:
+            return self._dask.normal_product(u, v)
         out = torch.zeros_like(u)
         for index in range(self.panels):
             panel = self._panel(index).to(torch.float64)
@@ -203,6 +226,8 @@ class KernelOperator:
             raise MemoryError(f"the {self.shape[0]}x{self.shape[1]} kernel needs {format_bytes(whole)}, over "
                               f"memory_budget={format_bytes(self.memory_budget)}: use products (op @ V), rows or "
                               "a solver instead")
+        if self._dask is not None:
+            return torch.cat(self._dask.client.gather(self._dask._panels)).to(self.device)
         if self._store is None:
             return self.arch.kernel(self.x1, None if self.symmetric else self.x2, get=self.get)[self.get]
         return torch.cat([self._panel(i) for i in range(self.panels)])

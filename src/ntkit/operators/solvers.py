@@ -12,8 +12,11 @@ until every column's relative residual ‖r‖ / ‖y‖ is below ``tol`` (colum
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +33,7 @@ __all__ = ["SolveReport", "conjugate_gradient"]
 class SolveReport:
     """What an iterative solve did: ``iterations`` (kernel products), the largest final ``relative_residual``
     ‖y − (K + λI)a‖/‖y‖ over columns, whether every column reached ``tol`` (``converged``), the preconditioner and
-    its rank, and wall-clock ``seconds``."""
+    its rank, wall-clock ``seconds``, and the iteration a checkpoint resumed from (0: a fresh start)."""
 
     method: str
     iterations: int
@@ -40,11 +43,13 @@ class SolveReport:
     preconditioner: str | None
     rank: int
     seconds: float
+    resumed_from: int = 0
 
 
 def conjugate_gradient(op: KernelOperator, y, *, reg: float = 0.0, tol: float = 1e-6, max_iter: int | None = None,
                        preconditioner: str | None = "nystrom", rank: int = 100, seed: int = 0,
-                       progress: bool | None = None) -> tuple[torch.Tensor, SolveReport]:
+                       progress: bool | None = None, callback=None, checkpoint=None,
+                       checkpoint_every: int = 10) -> tuple[torch.Tensor, SolveReport]:
     """Solve (K + reg·I) A = y by (preconditioned) conjugate gradients; K must be symmetric positive semidefinite.
 
     Args:
@@ -58,6 +63,10 @@ def conjugate_gradient(op: KernelOperator, y, *, reg: float = 0.0, tol: float = 
         rank: columns of the preconditioner's low-rank factor.
         seed: for the Nyström columns.
         progress: tqdm bar over iterations (None: on a terminal, for long solves).
+        callback: called as ``callback(iteration, relative_residuals)`` after every iteration.
+        checkpoint: a file path: the CG state is written there (atomically) every ``checkpoint_every`` iterations,
+            and a later call on the same problem (operator, y, reg, tol, preconditioner, rank, seed) resumes
+            from it, e.g. after the driver process crashed. A checkpoint of another problem is refused.
 
     Returns:
         (A, report): A float64 shaped like y; ``SolveReport``.
@@ -83,15 +92,46 @@ def conjugate_gradient(op: KernelOperator, y, *, reg: float = 0.0, tol: float = 
     rhs = targets[:, None] if vector else targets
     # Each iteration is one product (N² k) and O(N r k) more: small systems run on one thread (ntkit._threads).
     with intra_op_threads(n * n * rhs.shape[1], op.device):
-        solution, relative, iterations, used_rank, started = _solve(op, rhs, reg, tol, max_iter, preconditioner,
-                                                                    rank, seed, progress)
+        store = None if checkpoint is None else _Checkpoint(Path(checkpoint), check_positive_int(
+            checkpoint_every, "checkpoint_every"), _problem_key(op, rhs, reg, tol, preconditioner, rank, seed))
+        solution, relative, iterations, used_rank, started, resumed = _solve(
+            op, rhs, reg, tol, max_iter, preconditioner, rank, seed, progress, callback, store)
     worst = float(relative.max()) if relative.numel() else 0.0
     report = SolveReport("cg", iterations, worst, worst <= tol, tol, preconditioner, used_rank,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, resumed)
     return (solution[:, 0] if vector else solution), report
 
 
-def _solve(op, rhs, reg, tol, max_iter, preconditioner, rank, seed, progress):
+def _problem_key(op, rhs, reg, tol, preconditioner, rank, seed) -> str:
+    digest = hashlib.sha256(repr((op.fingerprint, reg, tol, preconditioner, rank, seed, tuple(rhs.shape))).encode())
+    digest.update(rhs.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Checkpoint:
+    """The CG state in one file, replaced atomically (a crash mid-write leaves the previous checkpoint)."""
+
+    def __init__(self, path: Path, every: int, key: str):
+        self.path, self.every, self.key = path, every, key
+
+    def load(self):
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, weights_only=True)
+        if state.get("key") != self.key:
+            raise ValueError(f"checkpoint {str(self.path)!r} belongs to another problem (operator, y, reg, tol or "
+                             "preconditioner differ); remove it or pass another path")
+        return state
+
+    def save(self, iterations: int, **tensors) -> None:
+        if iterations % self.every:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        torch.save(dict(key=self.key, iterations=iterations, **{k: v.cpu() for k, v in tensors.items()}), partial)
+        os.replace(partial, self.path)
+
+
+def _solve(op, rhs, reg, tol, max_iter, preconditioner, rank, seed, progress, callback, store):
     """The PCG iterations of ``conjugate_gradient`` on validated arguments."""
     n = op.shape[0]
     started = time.perf_counter()
@@ -120,7 +160,13 @@ def _solve(op, rhs, reg, tol, max_iter, preconditioner, rank, seed, progress):
     direction = z.clone()
     rz = (residual * z).sum(0)
     relative = torch.linalg.vector_norm(residual, dim=0) / scale
-    iterations = 0
+    iterations = resumed = 0
+    state = None if store is None else store.load()
+    if state is not None:
+        solution, residual, direction, rz = (state[k].to(rhs.device) for k in ("solution", "residual", "direction",
+                                                                               "rz"))
+        iterations = resumed = int(state["iterations"])
+        relative = torch.linalg.vector_norm(residual, dim=0) / scale
     show = progress if progress is not None else n >= 20_000
     bar = tqdm(total=max_iter, desc="conjugate gradients", disable=None if show else True, leave=False)
     while iterations < max_iter and bool((relative > tol).any()):
@@ -139,5 +185,9 @@ def _solve(op, rhs, reg, tol, max_iter, preconditioner, rank, seed, progress):
         iterations += 1
         bar.update(1)
         bar.set_postfix(residual=f"{float(relative.max()):.1e}")
+        if store is not None:
+            store.save(iterations, solution=solution, residual=residual, direction=direction, rz=rz)
+        if callback is not None:
+            callback(iterations, relative)
     bar.close()
-    return solution, relative, iterations, used_rank, started
+    return solution, relative, iterations, used_rank, started, resumed
