@@ -2,7 +2,7 @@ r"""A KernelOperator's row panels as tasks on a Dask cluster (``pip install ntki
 
 ``KernelOperator(..., backend="dask", client=distributed.Client(...))`` sends each row panel K[rows, :] to the
 cluster as a pure task on (the architecture, a block of x1, x2): x2 goes to the cluster once, each panel is
-computed once and kept in the workers' memory, and a product ``op @ V`` is one small task per panel (panel @ V)
+computed once and kept in the workers' memory (on a worker's GPU when it has one), and a product ``op @ V`` is one small task per panel (panel @ V)
 whose results the driver gathers and stacks. Nothing here is a scheduler of ntkit's own: data enters the cluster
 as the result of a task that carries it, never as scattered data (which has no lineage), so when a worker dies
 Dask's scheduler recomputes whatever it held (x2, V, panels) from the tasks and reruns the products, and
@@ -17,12 +17,19 @@ import torch
 __all__ = ["DaskPanels"]
 
 
+def worker_device() -> torch.device:
+    """Where a worker computes and keeps its panels: its GPU when it has one, else its CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _compute_panel(arch, x1_rows: torch.Tensor, x2: torch.Tensor, get: str, diagonal_offset: int | None):
-    """K[rows, :] on a worker (``diagonal_offset``: for a symmetric kernel, the column of the panel's first row,
-    whose diagonal entries take ``kernel_diagonal``'s values, as the local backend's panels do)."""
+    """K[rows, :] on a worker's device (``diagonal_offset``: for a symmetric kernel, the column of the panel's first
+    row, whose diagonal entries take ``kernel_diagonal``'s values, as the local backend's panels do)."""
+    device = worker_device()
+    x1_rows, x2 = x1_rows.to(device), x2.to(device)
     panel = arch.kernel(x1_rows, x2, get=get)[get]
     if diagonal_offset is not None:
-        rows = torch.arange(len(x1_rows))
+        rows = torch.arange(len(x1_rows), device=device)
         panel[rows, rows + diagonal_offset] = arch.kernel_diagonal(x1_rows, get=get)[get]
     return panel
 
@@ -32,15 +39,15 @@ def _identity(value):
 
 
 def _panel_product(panel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return panel.to(torch.float64) @ v
+    return (panel.to(torch.float64) @ v.to(panel.device)).cpu()
 
 
 def _panel_normal_product(panel: torch.Tensor, u: torch.Tensor, v_rows: torch.Tensor | None) -> torch.Tensor:
     panel = panel.to(torch.float64)
-    inner = panel @ u
+    inner = panel @ u.to(panel.device)
     if v_rows is not None:
-        inner = inner + v_rows
-    return panel.T @ inner
+        inner = inner + v_rows.to(panel.device)
+    return (panel.T @ inner).cpu()
 
 
 class DaskPanels:

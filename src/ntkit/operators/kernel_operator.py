@@ -227,7 +227,7 @@ class KernelOperator:
                               f"memory_budget={format_bytes(self.memory_budget)}: use products (op @ V), rows or "
                               "a solver instead")
         if self._dask is not None:
-            return torch.cat(self._dask.client.gather(self._dask._panels)).to(self.device)
+            return torch.cat([p.cpu() for p in self._dask.client.gather(self._dask._panels)]).to(self.device)
         if self._store is None:
             return self.arch.kernel(self.x1, None if self.symmetric else self.x2, get=self.get)[self.get]
         return torch.cat([self._panel(i) for i in range(self.panels)])
