@@ -38,6 +38,8 @@ class GradientFlow:
     f_t(X) − y = V e^{−ηλt/N} Vᵀ (f_0 − y) and f_t(x*) = f_0(x*) − Θ(x*, X) Θ⁻¹ (I − e^{−ηΘt/N})(f_0 − y).
 
     One float64 eigendecomposition is computed here and cached; each time point then costs matrix products.
+    Given an ``nk.KernelOperator`` instead of a matrix (N too large to hold or diagonalise), the same outputs come
+    from Lanczos actions of e^{−τA} and φ_t(A) (``ntkit.operators.krylov_flow``; no eigendecomposition).
 
     Args:
         ntk_train_train: (N, N) symmetric kernel Θ(X, X) (the NTK; any PSD kernel works).
@@ -53,6 +55,16 @@ class GradientFlow:
     Times ``t`` may be a float, ``math.inf`` or a 1-D tensor of T times; a tensor gives results with a leading T
     axis. Results have the dtype promoted from the inputs and live on the kernel's device.
     """
+
+    def __new__(cls, ntk_train_train=None, *args, **kwargs):
+        # A kernel too large to diagonalise: the same outputs by Lanczos on the operator (ntkit.operators).
+        from ..operators.kernel_operator import KernelOperator
+
+        if isinstance(ntk_train_train, KernelOperator):
+            from ..operators.krylov_flow import KrylovGradientFlow
+
+            return KrylovGradientFlow(ntk_train_train, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, ntk_train_train, y_train, *, learning_rate: float = 1.0, diag_reg: float = 0.0):
         kernel = as_symmetric_kernel(ntk_train_train, "ntk_train_train")
