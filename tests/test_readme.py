@@ -34,5 +34,8 @@ def test_readme_examples_run_and_mean_what_they_say():
     assert ns["k_images"].ntk.shape == (6, 6) and ns["resnet_ntk"].shape == (6, 6)
     assert ns["net"](ns["images"]).shape == (6, 10) and ns["myrtle_ntk"].shape == (2, 2)
     assert 0.8 < ns["image_accuracy"] <= 1.0  # 200 training digits; chance is 0.1
+    assert ns["solve"].converged and ns["solve"].relative_residual < 1e-8
+    assert ns["model"].report.converged and ns["early"].shape == (2, 3000) and ns["diag"].shape == (3000,)
+    torch.testing.assert_close(ns["alpha_dask"], ns["alpha"], rtol=1e-6, atol=1e-6 * float(ns["alpha"].abs().max()))
     gp = ns["gp"]  # the optimiser started at gp.kernel's hyperparameters and must have improved on them
     assert gp.log_marginal_likelihood_value_ > gp.log_marginal_likelihood(gp.kernel.theta) + 1.0

@@ -75,3 +75,23 @@ def test_cli_threads_option_applies_for_the_run_only(two_threads, capsys, monkey
     with pytest.raises(SystemExit):
         cli.main(["--threads", "0", "demo"])
     assert "threads must be a positive integer" in capsys.readouterr().err
+
+
+def test_thread_tuner_keeps_the_faster_count_and_rechecks(two_threads, monkeypatch):
+    """Tiles that take 10x longer on 2 threads (busy cores): after timing two tiles of each, the tuner runs on one
+    thread, times 2 threads again every RECHECK tiles, and switches back when they become faster."""
+    clock = [0.0]
+    monkeypatch.setattr(_threads.time, "perf_counter", lambda: clock[0])
+    tuner = _threads.ThreadTuner("cpu", tiles=1000)
+    used = []
+    cost = {2: 10.0, 1: 1.0}
+    for tile in range(200):
+        tuner.start()
+        used.append(torch.get_num_threads())
+        clock[0] += cost[torch.get_num_threads()] if tile < 130 else {2: 0.4, 1: 1.0}[torch.get_num_threads()]
+        tuner.stop(entries=1)
+    assert used[:4] == [2, 2, 1, 1]
+    assert used[4:64] == [1] * 60 and used[64] == 2 and used[65:128] == [1] * 63 and used[128] == 2
+    assert used[129:192] == [1] * 63 and used[192:] == [2] * 8  # 2 threads became faster after tile 130: the
+    # recheck at 192 times them afresh and keeps them
+    assert not _threads.ThreadTuner("cuda", tiles=1000).active and not _threads.ThreadTuner("cpu", tiles=3).active

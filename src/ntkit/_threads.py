@@ -7,15 +7,21 @@ and ``nk.train`` on a small MLP crawled the same way. Small work gains little fr
 ntkit runs work below ``SMALL_WORK`` on one thread and larger work on the user's ``torch.get_num_threads()``
 (never more). The count is set for the duration of the call only and restored in all cases, so
 ``torch.get_num_threads()`` is the same before and after; ``ntkit --threads N`` sets the CLI process's count.
+
+Large work is cut into many similar tiles, and busy cores hurt it too (a 200-image CNTK: 3.9 s on one thread,
+20 s on two busy ones): ``ThreadTuner`` times the first tiles with the user's count and with one thread, keeps the
+faster per entry, and measures the other again every ``RECHECK`` tiles, so a machine that becomes busy or idle
+mid-call is followed.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import torch
 
-__all__ = ["SMALL_WORK", "threads_for", "intra_op_threads", "kernel_work"]
+__all__ = ["SMALL_WORK", "threads_for", "intra_op_threads", "kernel_work", "ThreadTuner"]
 
 # Units of work (roughly multiply-adds or entries visited per layer) below which one thread is used: about 50 ms
 # of one core (a 2,000-point, 3-hidden-layer ReLU kernel is ~3·10⁷ entry-layer visits in ~120 ms on one core).
@@ -51,3 +57,55 @@ def intra_op_threads(work: float, device: torch.device | str = "cpu"):
         yield
     finally:
         torch.set_num_threads(user)
+
+
+class ThreadTuner:
+    """The faster of the current intra-op thread count and one thread, measured on a loop's own tiles.
+
+    Call ``start()`` before a tile and ``stop(entries)`` after it; the count it sets lasts until the enclosing
+    ``intra_op_threads`` block restores the user's. Inactive (does nothing) on GPUs and with one thread already.
+    """
+
+    EXPLORE = 2     # tiles timed per option at the start
+    RECHECK = 64    # every this many tiles the other option is timed again
+    HISTORY = 3     # per-entry times kept per option (their median decides)
+
+    def __init__(self, device: torch.device | str = "cpu", tiles: int = 0):
+        many = torch.get_num_threads()
+        self.active = torch.device(device).type == "cpu" and many > 1 and tiles >= 2 * self.EXPLORE + 2
+        self.options = (many, 1)
+        self.history: dict[int, list[float]] = {option: [] for option in self.options}
+        self.count, self.current, self._started, self._recheck = 0, many, 0.0, False
+
+    @property
+    def best(self) -> int:
+        timed = {o: sorted(h)[len(h) // 2] for o, h in self.history.items() if h}
+        return min(timed, key=timed.get) if timed else self.options[0]
+
+    def start(self) -> None:
+        if not self.active:
+            return
+        i = self.count
+        if i < 2 * self.EXPLORE:
+            choice = self.options[i // self.EXPLORE]
+        elif i % self.RECHECK == 0:
+            best = self.best
+            choice = self.options[1] if best == self.options[0] else self.options[0]
+        else:
+            choice = self.best
+        if choice != torch.get_num_threads():
+            torch.set_num_threads(choice)
+        self._recheck = 2 * self.EXPLORE <= i and choice != self.best
+        self.current = choice
+        self._started = time.perf_counter()
+
+    def stop(self, entries: int) -> None:
+        if not self.active:
+            return
+        seconds = time.perf_counter() - self._started
+        history = self.history[self.current]
+        if self._recheck:  # the machine may have changed since this option was last timed: start afresh
+            history.clear()
+        history.append(seconds / max(entries, 1))
+        del history[:-self.HISTORY]
+        self.count += 1

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
+from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
 from .quadrature import coefficient_cache
@@ -86,8 +87,10 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     show = progress if progress is not None else len(tiles) >= _PROGRESS_MIN_TILES
     bar = tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False)
     started = time.perf_counter()
+    tuner = ThreadTuner(x1.device, len(tiles))  # busy CPUs: one thread may be faster (ntkit._threads)
     with coefficient_cache():  # quadrature activations: each block of points' coefficients once
         for i, j in bar:
+            tuner.start()
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True
                 step = _step_function(arch, layers, need_ntk, n0, True)
@@ -112,6 +115,7 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 out[rows, cols] = value
                 if symmetric and i != j:
                     out[cols, rows] = value.T
+            tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
     if auto and not fuse:
         arch._eager_seconds[key] = spent_before + time.perf_counter() - started
     if symmetric:

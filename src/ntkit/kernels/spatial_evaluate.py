@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
+from .._threads import ThreadTuner
 from ..layers.base import Signature, apply_layer, output_forms, output_signatures
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
@@ -113,6 +114,7 @@ class _Grid:
         self.x1, self.x2, self.plan, self.scratch, self.symmetric = x1, x2, plan, scratch, symmetric
         self.records1, self.records2 = records1, records2
         self.need_ntk = "ntk" in get
+        self.tuner = ThreadTuner(x1.device)  # inactive unless evaluate_spatial sets one up
         self.out = {name: torch.empty(len(x1), len(x2), dtype=x1.dtype, device=x1.device) for name in get}
 
     def groups(self):
@@ -124,7 +126,10 @@ class _Grid:
         tape = ReplayTape(self.records1, self.records2, rows, cols)
         split = self.plan.split
         state = _initial_state(self.x1[rows], self.x2[cols], False, self.need_ntk, tape, self.scratch)
-        return _run(self.layers[:split], self.plan.forms[:split], state, self.need_ntk), tape.step
+        self.tuner.start()
+        state = _run(self.layers[:split], self.plan.forms[:split], state, self.need_ntk)
+        self.tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
+        return state, tape.step
 
     def compute(self, rows: slice, cols: slice) -> None:
         """One group: its sub-tiles through the prefix, gathered, then the rest of the layers once."""
@@ -193,6 +198,9 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     grid = _Grid(arch, x1, x2, get, plan, records1, records2, scratch, symmetric)
     groups = grid.groups()
     show = progress if progress is not None else len(groups) >= _PROGRESS_MIN_TILES
+    # Busy CPUs: one thread may be faster (ntkit._threads); timed on the sub-tiles, the bulk of the work.
+    per_group = -(-plan.group[0] // plan.sub_tile[0]) * -(-plan.group[1] // plan.sub_tile[1])
+    grid.tuner = ThreadTuner(x1.device, len(groups) * per_group)
     with coefficient_cache():  # quadrature activations: each block of points' coefficients once
         for rows, cols in tqdm(groups, desc="kernel tiles", disable=None if show else True, leave=False):
             grid.compute(rows, cols)
