@@ -94,3 +94,12 @@ def test_demo_still_prints_the_fig1_limit(capsys):
     assert cli.main(["demo", "--points", "4"]) == 0
     out = capsys.readouterr().out
     assert "Limiting NTK" in out and "Limiting NNGP" in out
+
+
+def test_version_option(capsys):
+    import ntkit
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"ntkit {ntkit.__version__} (torch {torch.__version__})"

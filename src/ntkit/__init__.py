@@ -45,6 +45,11 @@ _LAZY = {
 }
 
 
+def __dir__():
+    """The eagerly and the lazily imported public names (``dir(nk)`` lists ``empirical_ntk``, ``train``, ...)."""
+    return sorted(set(globals()) | set(__all__))
+
+
 def __getattr__(name):
     if name in _LAZY:
         module = import_module(_LAZY[name])

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     from .experiments import EXPERIMENTS
 
     parser = argparse.ArgumentParser(prog="ntkit", description="The Neural Tangent Kernel toolkit for PyTorch.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ntkit {__version__} (torch {torch.__version__})")
     parser.add_argument("--threads", type=_threads, default=None,
                         help="torch intra-op threads for this run (default: torch's; ntkit still runs small work on "
                              "one thread, see ntkit._threads)")

@@ -20,6 +20,7 @@ at a tile boundary. ``fused=True`` compiles at once; ``fused=False`` never compi
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from .spatial_plan import GPU_MEMORY_SHARE, DeviceInfo
@@ -51,8 +52,9 @@ def plan_flat(tile_cost: int, n1: int, n2: int, itemsize: int, info: DeviceInfo,
     """Tile edge for an n1×n2 grid whose costliest rule keeps ``tile_cost`` tile-sized temporaries."""
     copies = tile_cost + 4
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+        batch_size = int(batch_size)  # numpy integers too
         tile = batch_size
     elif info.kind == "cuda":
         entries = min(GPU_TILE_ENTRIES, int(info.free_bytes * GPU_MEMORY_SHARE) // (copies * itemsize))

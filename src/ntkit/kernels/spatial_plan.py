@@ -15,6 +15,7 @@ small launches. Planning only reads a ``DeviceInfo``, so the CUDA choices are te
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -86,8 +87,9 @@ def plan_spatial(layers, signatures, forms, input_form: str, in_spatial: tuple[i
         # overhead that larger groups amortise (16 Myrtle pairs at 16×16: 7.1-7.7 ms per pair, 1-2: 8.1-8.6).
         budget, group_budget = CPU_TILE_ELEMENTS, GROUP_TO_TILE * CPU_TILE_ELEMENTS
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}")
+        batch_size = int(batch_size)  # numpy integers too
         group = (min(batch_size, n1), min(batch_size, n2))
     else:
         group = tile_edges(n1, n2, rest_pair, group_budget)

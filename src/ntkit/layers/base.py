@@ -168,6 +168,8 @@ def apply_layer(layer: Layer, state: KernelState, need_ntk: bool, out_form: str)
 
 def parse_get(get: str | Iterable[str]) -> tuple[str, ...]:
     """Normalise ``get`` to a tuple drawn from ("nngp", "ntk")."""
+    if not isinstance(get, str) and not isinstance(get, Iterable):
+        raise ValueError(f"get must be 'nngp', 'ntk' or a sequence of them, e.g. ('nngp', 'ntk'); got {get!r}")
     names = (get,) if isinstance(get, str) else tuple(get)
     unknown = [g for g in names if g not in ("nngp", "ntk")]
     if unknown or not names:
