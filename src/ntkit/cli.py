@@ -73,24 +73,23 @@ def _write_index(out: str, results, size: str) -> Path:
     return path
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seed must be a non-negative integer; got {value}")
-    return value
+def _integer_at_least(minimum: int, name: str, kind: str):
+    """An argparse type: an int >= ``minimum``, refused with "<name> must be a <kind> integer"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind} integer; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind} integer; got {value}")
+        return value
+
+    return parse
 
 
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"threads must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"threads must be a positive integer; got {value}")
-    return value
+_seed = _integer_at_least(0, "seed", "non-negative")
+_threads = _integer_at_least(1, "threads", "positive")
 
 
 def main(argv: list[str] | None = None) -> int:
