@@ -66,27 +66,33 @@ class ThreadTuner:
     ``intra_op_threads`` block restores the user's. Inactive (does nothing) on GPUs and with one thread already.
     """
 
-    EXPLORE = 2     # tiles timed per option at the start
+    EXPLORE = 2     # tiles timed per option at the start, after one warm-up tile (allocations, first touches)
     RECHECK = 64    # every this many tiles the other option is timed again
     HISTORY = 3     # per-entry times kept per option (their median decides)
+    MARGIN = 0.8    # one thread replaces the user's count only when it is at least this much faster
 
     def __init__(self, device: torch.device | str = "cpu", tiles: int = 0):
         many = torch.get_num_threads()
-        self.active = torch.device(device).type == "cpu" and many > 1 and tiles >= 2 * self.EXPLORE + 2
+        self.active = torch.device(device).type == "cpu" and many > 1 and tiles >= 2 * self.EXPLORE + 3
         self.options = (many, 1)
         self.history: dict[int, list[float]] = {option: [] for option in self.options}
         self.count, self.current, self._started, self._recheck = 0, many, 0.0, False
 
     @property
     def best(self) -> int:
-        timed = {o: sorted(h)[len(h) // 2] for o, h in self.history.items() if h}
-        return min(timed, key=timed.get) if timed else self.options[0]
+        many, one = (sorted(self.history[o])[len(self.history[o]) // 2] if self.history[o] else None
+                     for o in self.options)
+        if many is not None and one is not None and one < self.MARGIN * many:
+            return self.options[1]
+        return self.options[0]
 
     def start(self) -> None:
         if not self.active:
             return
-        i = self.count
-        if i < 2 * self.EXPLORE:
+        i = self.count - 1  # tile 0 warms up on the user's count and is not timed
+        if i < 0:
+            choice = self.options[0]
+        elif i < 2 * self.EXPLORE:
             choice = self.options[i // self.EXPLORE]
         elif i % self.RECHECK == 0:
             best = self.best
@@ -103,6 +109,9 @@ class ThreadTuner:
         if not self.active:
             return
         seconds = time.perf_counter() - self._started
+        if self.count == 0:
+            self.count = 1
+            return
         history = self.history[self.current]
         if self._recheck:  # the machine may have changed since this option was last timed: start afresh
             history.clear()
