@@ -90,10 +90,10 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     tuner = ThreadTuner(x1.device, len(tiles))  # busy CPUs: one thread may be faster (ntkit._threads)
     with coefficient_cache():  # quadrature activations: each block of points' coefficients once
         for i, j in bar:
-            tuner.start()
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True
                 step = _step_function(arch, layers, need_ntk, n0, True)
+            tuner.start()
             rows, cols = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
             gram = (x1[rows] @ x2[cols].T) / n0
             if symmetric and i == j:
