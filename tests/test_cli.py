@@ -103,3 +103,13 @@ def test_version_option(capsys):
         cli.main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"ntkit {ntkit.__version__} (torch {torch.__version__})"
+
+
+def test_logs_are_plain_text_when_output_is_not_a_terminal(tmp_path, capfd):
+    """With progress bars on (the default) but output captured (not a terminal, as in `make demo > log`): tqdm's
+    terminal rule keeps the bars out, nested nk.train loops add none, and the log stays a short report."""
+    assert cli.main(["reproduce", "jacot-fig1", "--tiny", "--out", str(tmp_path)]) == 0
+    out, err = capfd.readouterr()
+    log = out + err
+    assert "\r" not in log and "\x1b[" not in log and "nk.train" not in log
+    assert len(log.encode()) < 2000, log

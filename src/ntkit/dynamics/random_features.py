@@ -43,7 +43,7 @@ FEATURE_SOURCES = ("networks", "last_hidden")
 def _network_features(arch: Serial, x: torch.Tensor, n_features: int, seed: int, progress: bool) -> torch.Tensor:
     seeds = torch.randint(0, 2 ** 62, (n_features,), generator=torch.Generator().manual_seed(seed)).tolist()
     columns = []
-    for s in tqdm(seeds, desc="nngp_features", disable=not progress, leave=False):
+    for s in tqdm(seeds, desc="nngp_features", disable=None if progress else True, leave=False):
         net = arch.build(x.shape[1], seed=int(s), dtype=x.dtype, device=x.device)
         with torch.no_grad():
             out = net(x)

@@ -132,7 +132,7 @@ def train(model: nn.Module, x, y, *, steps: int, learning_rate: float, cost: str
 
     # One step is ~3 passes over the parameters per point: small models train on one thread (ntkit._threads).
     with intra_op_threads(3 * n * sum(p.numel() for p in params), x.device):
-        for step in tqdm(range(steps + 1), desc="nk.train", disable=not progress, leave=False):
+        for step in tqdm(range(steps + 1), desc="nk.train", disable=None if progress else True, leave=False):
             outputs = forward(x)
             costs = cost_fn(outputs, y_for_cost)
             if not isinstance(costs, torch.Tensor) or tuple(costs.shape) != (n,):

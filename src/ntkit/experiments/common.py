@@ -77,8 +77,9 @@ def colormap_colors(name: str, count: int, stop: float = 1.0) -> np.ndarray:
 
 
 def progress_bar(iterable: Iterable, *, desc: str, enabled: bool, total: int | None = None):
-    """A tqdm bar over a long loop (``leave=True`` so the finished bar stays as a record of the run)."""
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled, dynamic_ncols=True)
+    """A tqdm bar over a long loop (``leave=True`` so the finished bar stays as a record of the run), on terminals
+    only: tqdm's ``disable=None`` turns it off when output is redirected, so a log gets no cursor escapes."""
+    return tqdm(iterable, desc=desc, total=total, disable=None if enabled else True, dynamic_ncols=True)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -110,7 +110,8 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
         net = arch_of[width].build(2, seed=1000 * seed + i, dtype=dtype, device=device)
         initial[width].append(nk.empirical_ntk(net, to_model(x0), to_model(x_circle), output="trace")[0])
         result = nk.train(net, to_model(x_train), to_model(y_train), steps=config.steps,
-                          learning_rate=config.learning_rate, record_every=config.steps, progress=progress)
+                          learning_rate=config.learning_rate, record_every=config.steps,
+                          progress=False)  # one bar: the loop over networks
         losses[width].append(float(result.losses[-1]))
         trained[width].append(nk.empirical_ntk(net, to_model(x0), to_model(x_circle), output="trace")[0])
         del net

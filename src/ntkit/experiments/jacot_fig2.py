@@ -141,7 +141,8 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
         net = arch_of[width].build(2, seed=1000 * seed + i, dtype=dtype, device=device)
         result = nk.train(net, x_train.to(device=device, dtype=dtype), y_train.to(device=device, dtype=dtype),
                           steps=config.steps, learning_rate=config.learning_rate, record_every=config.steps,
-                          x_test=x_test.to(device=device, dtype=dtype), progress=progress)
+                          x_test=x_test.to(device=device, dtype=dtype),
+                          progress=False)  # one bar: the loop over networks
         learned[width].append(result.test_outputs[-1].detach().cpu().double())
         losses[width].append(float(result.losses[-1]))
 

@@ -137,7 +137,8 @@ def run(out="out", *, size: str = "quick", config: Config | None = None, seed: i
             f0 = net(x_model)[:, 0]
         target = f0 + config.target_scale * direction.to(dtype)
         result = nk.train(net, x_model, target, steps=config.steps, learning_rate=config.learning_rate,
-                          record_every=record_every, progress=progress)
+                          record_every=record_every,
+                          progress=False)  # one bar: the loop over networks
         deviation = (result.train_outputs - result.train_outputs[0]).double()  # (R, N)
         along = nk.spectrum.project(eig, deviation.T)[:TOP].T.cpu() / math.sqrt(n)  # (R, TOP)
         total = deviation.pow(2).mean(1).cpu()  # ‖f_t − f_0‖²_{p_in}
