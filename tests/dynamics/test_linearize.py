@@ -132,3 +132,24 @@ def test_frozen_parameters_stay_frozen_and_out_of_the_linearised_ntk():
     for _ in range(20):
         f = f - (1.0 / N) * k @ (f - y)
     torch.testing.assert_close(result.train_outputs[-1], f, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("factor, diverges", [(0.9, False), (1.1, True)])
+def test_above_max_learning_rate_the_linear_model_diverges(factor, diverges):
+    """GD on the linearised model multiplies the residual's top-eigenvector component by 1 − ηλ_max/N per step:
+    at η = 0.9·max_learning_rate that is −0.8 (it shrinks), at 1.1× it is −1.2 (it grows by 1.2 per step, so
+    by 1.2⁴⁰ ≈ 1,500 over 40 steps, far beyond anything the other components could hide)."""
+    net, x, _, y = _setup()
+    lin = nk.linearize(net)
+    k = ntk_at_init(net, x, output="trace")
+    eta = factor * nk.GradientFlow(k, y).max_learning_rate()
+    optimiser = torch.optim.SGD(lin.parameters(), lr=eta)
+    with torch.no_grad():
+        start = float((lin(x) - y).norm())
+    for _ in range(40):
+        optimiser.zero_grad()
+        (0.5 * (lin(x) - y).pow(2).sum(1).mean()).backward()
+        optimiser.step()
+    with torch.no_grad():
+        end = float((lin(x) - y).norm())
+    assert (end > 100 * start) if diverges else (end < start)

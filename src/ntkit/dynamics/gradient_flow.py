@@ -112,6 +112,11 @@ class GradientFlow:
 
         A GD step multiplies the residual's i-th component by 1 − ηλ_i/N, which shrinks it only while
         ηλ_i/N < 2. (With η = N/λ_max the top component is removed in one step.)
+
+        Above it: the linearised model (``nk.linearize``, whose kernel is fixed) diverges, its residual along the
+        top eigenvector growing by |1 − ηλ_max/N| > 1 per step (tests/dynamics/test_linearize.py pins this); a
+        finite network's kernel moves instead, so it may diverge or settle after its NTK changes (the
+        catapult regime, Lewkowycz et al. 2020), and this closed form no longer describes it.
         """
         top = float(self.eig.values[0])
         return 2.0 * self.n_train / top if top > 0 else math.inf
