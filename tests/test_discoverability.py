@@ -22,3 +22,18 @@ def test_get_none_and_numpy_batch_sizes():
     images = torch.randn(3, 1, 6, 6)
     cnn = nk.cnn(1, readout="gap")
     torch.testing.assert_close(cnn.kernel(images, batch_size=np.int32(2)).ntk, cnn.kernel(images, batch_size=2).ntk)
+
+
+@pytest.mark.parametrize("factory", [nk.mlp, nk.cnn, nk.myrtle], ids=lambda f: f.__name__)
+def test_presets_document_every_argument(factory):
+    import inspect
+
+    doc = factory.__doc__
+    for name in inspect.signature(factory).parameters:
+        assert f"{name}:" in doc or f"{name}," in doc or f"``{name}``" in doc, name
+
+
+def test_spectrum_namespace_lists_its_public_names_only():
+    names = dir(nk.spectrum)
+    assert "math" not in names and "torch" not in names
+    assert set(nk.spectrum.__all__) <= set(names)

@@ -212,3 +212,8 @@ def explained_fraction(kernel, values) -> torch.Tensor:
     if float(total) == 0.0:
         raise ValueError("values is identically zero; its explained fraction is undefined")
     return energy / total
+
+
+def __dir__():
+    """The public names only (``dir(nk.spectrum)`` without the modules this one imports)."""
+    return sorted(__all__)

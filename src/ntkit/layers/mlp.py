@@ -25,6 +25,12 @@ def mlp(hidden_layers: int, width: int, out_features: int = 1, activation: str |
             not the NTK-parameterisation limit.
         out_features: number of outputs n_L.
         activation: a name from ``nk.layers.ACTIVATION_NAMES`` or an activation instance.
+        w_std: weight standard deviation σ_w of every Dense layer (1.0: the NTK paper's setting).
+        b_std: bias standard deviation, Jacot's β. The default 0.0 is the bias-free network; Jacot et al.'s
+            figures and ``ntkit.sklearn``'s kernels use 0.1 (a bias keeps the kernel positive definite on inputs
+            through the origin and gives the zero input a nonzero kernel), so pass ``b_std=0.1`` for those.
+        parameterization: "ntk" (Jacot et al.'s, the default: the limit does not depend on the widths) or
+            "standard" (W ~ N(0, w_std²/n); its NTK grows with width; see ``nk.Dense``).
         in_features: optional input dimension, checked by ``kernel`` and used by ``build``.
     """
     if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 0:

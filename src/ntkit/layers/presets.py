@@ -26,6 +26,12 @@ def myrtle(depth: int = 5, width: int = 128, out_features: int = 10, activation:
     (3, 3, 3) times per stage. Built for 32×32 inputs (32 → 16 → 8 → 1 after the six poolings; other sizes must
     survive six halvings). ``width`` is the channel count of the finite network (``build``); the NTK-
     parameterisation limit does not depend on it. Defaults w_std = √2, b_std = 0 are the paper's (He scaling).
+
+    Args:
+        depth: 5, 7 or 10. width: channels of every conv (``build`` only). out_features: outputs of the readout.
+        activation: a name from ``nk.layers.ACTIVATION_NAMES`` or an activation instance.
+        w_std, b_std: weight and bias standard deviations of every conv and of the readout.
+        parameterization: "ntk" or "standard" (see ``nk.Conv2d``).
     """
     if depth not in MYRTLE_STAGES:
         raise ValueError(f"depth must be one of {sorted(MYRTLE_STAGES)}; got {depth!r}")
@@ -49,6 +55,13 @@ def cnn(depth: int, width: int = 128, out_features: int = 1, kernel_size=3, read
     readout="flatten" gives the CNN-GP / CNTK-Vec kernels of Novak et al. 2019 and Arora et al. 2019 (a diagonal
     state, O(|S|) per pair); readout="gap" the CNTK-GAP (global average pooling: the full covariance of positions,
     O(|S|²) per pair). ``dims`` is 1 for (N, C, L) sequences, 2 for (N, C, H, W) images.
+
+    Args:
+        depth: number of conv + activation blocks (>= 1). width: channels of every conv (``build`` only).
+        out_features: outputs of the readout. kernel_size, stride, padding: of every conv (see ``nk.Conv2d``).
+        readout: "flatten" or "gap". activation: a name from ``nk.layers.ACTIVATION_NAMES`` or an instance.
+        w_std, b_std: weight and bias standard deviations of every layer. dims: 1 or 2.
+        parameterization: "ntk" or "standard".
     """
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be a positive integer; got {depth!r}")
