@@ -182,3 +182,29 @@ def test_rectified_derivatives_are_finite_at_full_correlation_and_zero_variance(
         positive = q > 0
         torch.testing.assert_close(grad[positive], torch.full_like(q, even)[positive], rtol=1e-14, atol=0.0,
                                    msg=repr(act))
+
+
+def test_erf_ntk_has_no_cancellation_at_large_variances():
+    """Issue 13's reproducer: K̇ = (4/π)/√((1+2q1)(1+2q2) − 4c²) subtracted two numbers of size 4q² (2.9e27 instead
+    of 10066.84 in float32; 2.1e172 for [[1e9, −2e9]] in float64). Expanded as 1 + 2(q1+q2) + 4(q1q2 − c²) it is
+    exact for a point with itself: float32 to its rounding, float64 to 1e-12 of the closed form on this point
+    (one hidden layer, q = |x|²/2, Θ = Σ₁ + K̇·q with Σ₁ = (2/π) arcsin(2q/(1+2q)))."""
+    arch = nk.mlp(1, 8, activation="erf")
+    for point, dtype, rtol in (([1e4, -2e4], torch.float32, 2e-6), ([1e4, -2e4], torch.float64, 1e-12),
+                               ([1e9, -2e9], torch.float64, 1e-12)):
+        q = (point[0] ** 2 + point[1] ** 2) / 2
+        expected = (2 / math.pi) * math.asin(2 * q / (1 + 2 * q)) + (4 / math.pi) / math.sqrt(1 + 4 * q) * q
+        value = float(arch.kernel(torch.tensor([point], dtype=dtype)).ntk[0, 0])
+        assert value == pytest.approx(expected, rel=rtol), (point, dtype)
+    assert expected == pytest.approx(1.0066e9, rel=1e-4)
+
+
+def test_gelu_kernels_of_large_inputs_are_computed_not_refused():
+    """GELU on inputs of size 1e6 (kernel ~1.8e12): q1 q2 S overflowed float32 and t(1 − r) cancelled; the
+    rewritten formulas keep float32 within 1e-6 of float64."""
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)) * 1e6
+    arch = nk.mlp(2, 8, activation="gelu")
+    low, high = arch.kernel(x), arch.kernel(x.double())
+    for name in ("nngp", "ntk"):
+        error = (low[name].double() - high[name]).abs().max() / high[name].abs().max()
+        assert float(error) < 1e-6, name

@@ -164,8 +164,11 @@ def erf(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     k = (2.0 / math.pi) * torch.arcsin(arg)
     if not derivative:
         return k, None
-    # p - 4c² >= 1 + 2(q1 + q2) - ... > 0 by Cauchy–Schwarz; the clamp only guards rounding.
-    kdot = (4.0 / math.pi) / torch.sqrt(torch.clamp(p - 4.0 * c * c, min=torch.finfo(p.dtype).tiny))
+    # p − 4c² expanded as 1 + 2(q1 + q2) + 4(q1 q2 − c²): subtracting 4c² from p (both ~4q²) loses everything for
+    # large q (a point with itself at q = 2.5e8 gave 2.9e27 instead of 1e4 in float32), while q1 q2 − c² >= 0 is
+    # exact for a point with itself and only as uncertain as c elsewhere (Cauchy–Schwarz: the clamp guards rounding).
+    gap = torch.clamp(q1 * q2 - c * c, min=0.0)
+    kdot = (4.0 / math.pi) / torch.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * gap)
     return k, kdot
 
 
@@ -179,14 +182,21 @@ def gelu(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     Kdot = ∂K/∂c by Price's theorem. Both are checked against quadrature in the tests.
     """
     p = (1.0 + q1) * (1.0 + q2)
-    s = torch.clamp(p - c * c, min=torch.finfo(p.dtype).tiny)
+    # S = p − c² expanded as 1 + q1 + q2 + (q1 q2 − c²), for the reason given in ``erf``.
+    s = 1.0 + q1 + q2 + torch.clamp(q1 * q2 - c * c, min=0.0)
     root = torch.sqrt(s)
-    atan = torch.arctan(c / root)
-    qq = q1 * q2
-    k = 0.25 * c + ((qq * s + c * c) / (p * root) + c * atan) / _TWO_PI
+    t = c / root
+    atan = torch.arctan(t)
+    # Written with r = q1 q2 / P = q1/(1+q1) · q2/(1+q2) and t = c/√S, so that no intermediate is of order q³
+    # (q1 q2 S overflowed float32 for inputs of size 1e6, whose kernel is only ~1e12) and K̇ sums no large terms
+    # that cancel (t(1 − r) with r → 1 lost 4e-3 there), using 1 − r = (1 + q1 + q2)/P:
+    #   (q1 q2 S + c²)/(P √S) = r √S + c t / P,
+    #   c/√S + c (2S − q1 q2 S + c²)/(P S^{3/2}) = t (3 + q1 + q2 + t²) / P.
+    r = (q1 / (1.0 + q1)) * (q2 / (1.0 + q2))
+    k = 0.25 * c + (r * root + c * t / p + c * atan) / _TWO_PI
     if not derivative:
         return k, None
-    kdot = 0.25 + (atan + c / root + c * (2.0 * s - qq * s + c * c) / (p * s * root)) / _TWO_PI
+    kdot = 0.25 + (atan + t * (3.0 + q1 + q2 + t * t) / p) / _TWO_PI
     return k, kdot
 
 
