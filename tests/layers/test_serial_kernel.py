@@ -179,3 +179,17 @@ def test_kernel_diagonal_is_the_diagonal_of_the_kernel(activation):
     assert arch.kernel_diagonal(x.float(), get="ntk").ntk.dtype == torch.float32
     with pytest.raises(ValueError, match="x has 4 features but the architecture expects in_features=3"):
         nk.Serial(nk.Dense(4), in_features=3).kernel_diagonal(torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("scale, depth, w_std", [(1.0, 30, 0.5), (1e12, 3, 1.0)])
+def test_relu_kernels_of_tiny_and_huge_variances_keep_float32(scale, depth, w_std):
+    """Issue 13's reproducers: √(q1·q2) underflowed (30 layers at w_std = 0.5: q ~ 1e-27, kernel all zeros in
+    float32 although 6e-27 is representable) or overflowed (inputs of size 1e12: refused, though the kernel is
+    ~5e23). With √q1·√q2 float32 stays within 1e-6 of float64 and the diagonal keeps ρ = 1 exactly."""
+    x = torch.randn(4, 10, generator=torch.Generator().manual_seed(0)) * scale
+    arch = nk.mlp(depth, 16, activation="relu", w_std=w_std)
+    low, high = arch.kernel(x), arch.kernel(x.double())
+    for name in ("nngp", "ntk"):
+        assert float(low[name].abs().max()) > 0
+        error = (low[name].double() - high[name]).abs().max() / high[name].abs().max()
+        assert float(error) < 1e-6, (name, float(error))
