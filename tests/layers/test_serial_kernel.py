@@ -193,3 +193,19 @@ def test_relu_kernels_of_tiny_and_huge_variances_keep_float32(scale, depth, w_st
         assert float(low[name].abs().max()) > 0
         error = (low[name].double() - high[name]).abs().max() / high[name].abs().max()
         assert float(error) < 1e-6, (name, float(error))
+
+
+def test_sin_and_cos_kernels_are_stable_at_tiny_and_aligned_correlations():
+    """Issue 13's reproducers: sinh as a difference of exponentials gave exact zeros for tiny inputs (the sin NNGP
+    is ~c·e^{-h}, 1e-18 here), and unclamped correlations compounded through 40 cos layers (w_std 2.5) so that
+    kernel(x, x.clone()) overflowed where kernel(x) was finite. Now float32 keeps 1e-6 of float64 on the first,
+    and the two calls agree to float64 rounding on the second."""
+    tiny = 1e-9 * torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    sin = nk.mlp(1, 8, activation="sin")
+    low, high = sin.kernel(tiny).nngp, sin.kernel(tiny.double()).nngp
+    assert float(high.abs().max()) > 1e-19 and float((low.double() - high).abs().max() / high.abs().max()) < 1e-6
+    x = 30 * torch.randn(20, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    deep = nk.mlp(40, 8, activation="cos", w_std=2.5)
+    k, k_copy = deep.kernel(x), deep.kernel(x, x.clone())
+    assert torch.isfinite(k_copy.ntk).all()
+    torch.testing.assert_close(k_copy.ntk, k.ntk, rtol=1e-12, atol=1e-12 * float(k.ntk.abs().max()))

@@ -208,22 +208,36 @@ def gelu(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     return k, kdot
 
 
-def _exp_pair(c: Tensor, q1: Tensor, q2: Tensor) -> tuple[Tensor, Tensor]:
-    """(e^{c - (q1+q2)/2}, e^{-c - (q1+q2)/2}): both exponents are <= 0 since |c| <= (q1+q2)/2, so no overflow."""
+def _hyperbolic_pair(c: Tensor, q1: Tensor, q2: Tensor) -> tuple[Tensor, Tensor]:
+    """(e^{-h} sinh(c), e^{-h} cosh(c)) with h = (q1+q2)/2, stable for every c.
+
+    c is first clamped to |c| <= √q1·√q2 (Cauchy–Schwarz; rounding of a Gram product can step past it, and through
+    40 cos layers that compounded into overflow for kernel(x, x.clone()) though kernel(x) was finite), and set to
+    ±√q1·√q2 within 4 ulps (a point paired with a copy of itself is then exactly ρ = ±1, as on the diagonal).
+    Then |c| <= h, so e^{±c-h} never overflows; for |c| <= 1, e^{-h} sinh(c) = ½ e^{-h} (expm1(c) − expm1(−c))
+    instead of a difference of two nearly equal exponentials (tiny c gave exact zeros where the kernel is ~c e^{-h}).
+    """
+    bound = torch.sqrt(q1) * torch.sqrt(q2)
+    c = torch.maximum(torch.minimum(c, bound), -bound)
+    c = torch.where(c.abs() > bound * (1.0 - 4.0 * torch.finfo(c.dtype).eps), torch.sign(c) * bound, c)
     half = 0.5 * (q1 + q2)
-    return torch.exp(c - half), torch.exp(-c - half)
+    plus, minus = torch.exp(c - half), torch.exp(-c - half)
+    inner = torch.clamp(c, -1.0, 1.0)  # the expm1 branch only sees |c| <= 1 (no inf behind torch.where)
+    small = 0.5 * torch.exp(-half) * (torch.expm1(inner) - torch.expm1(-inner))
+    sinh = torch.where(c.abs() <= 1.0, small, 0.5 * (plus - minus))
+    return sinh, 0.5 * (plus + minus)
 
 
 def sin(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     r"""σ = sin:  K = e^{-(q1+q2)/2} sinh(c),  Kdot = E[cos u cos v] = e^{-(q1+q2)/2} cosh(c)."""
-    plus, minus = _exp_pair(c, q1, q2)
-    return 0.5 * (plus - minus), (0.5 * (plus + minus) if derivative else None)
+    sinh, cosh = _hyperbolic_pair(c, q1, q2)
+    return sinh, (cosh if derivative else None)
 
 
 def cos(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     r"""σ = cos:  K = e^{-(q1+q2)/2} cosh(c),  Kdot = E[sin u sin v] = e^{-(q1+q2)/2} sinh(c)."""
-    plus, minus = _exp_pair(c, q1, q2)
-    return 0.5 * (plus + minus), (0.5 * (plus - minus) if derivative else None)
+    sinh, cosh = _hyperbolic_pair(c, q1, q2)
+    return cosh, (sinh if derivative else None)
 
 
 def identity(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
