@@ -229,8 +229,8 @@ def test_coefficients_are_computed_once_per_block_of_points_and_change_nothing(m
     from ntkit.kernels import quadrature
 
     calls = []
-    original = quadrature._hermite_coefficients
-    monkeypatch.setattr(quadrature, "_hermite_coefficients", lambda *a: calls.append(1) or original(*a))
+    original = quadrature.hermite_coefficients
+    monkeypatch.setattr(quadrature, "hermite_coefficients", lambda *a: calls.append(1) or original(*a))
     arch = nk.mlp(2, 8, activation="tanh", b_std=0.2)
     x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     tiled = arch.kernel(x, batch_size=10)  # 4 blocks, 10 tiles on and above the diagonal

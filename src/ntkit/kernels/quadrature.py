@@ -169,13 +169,14 @@ def _scaled_nodes(q: Tensor, points: int, work: torch.dtype) -> tuple[Tensor, Te
 
 
 # Coefficients already computed during one kernel evaluation (see ``coefficient_cache``), or None outside one.
-_CACHE: ContextVar[dict | None] = ContextVar("ntkit_hermite_coefficients", default=None)
+_CACHE: ContextVar[dict | None] = ContextVar("ntkit_quadrature_cache", default=None)
 _CACHE_ENTRIES = 512
 
 
 @contextmanager
 def coefficient_cache():
-    """Within this block, ``hermite_coefficients`` reuses what it computed for the same functions and variances.
+    """Within this block, the quadrature duals reuse the Hermite coefficients and 1-D moments they computed for the
+    same functions and variances.
 
     A tiled kernel evaluation asks for the coefficients of the same points once per tile (each block of rows meets
     every block of columns, and the variances of a block are bitwise the same in every tile): the engines enter
@@ -215,13 +216,6 @@ def _memoized(key: tuple, q: Tensor, compute: Callable[[], Tensor]) -> Tensor:
 def hermite_coefficients(fns: Sequence[Elementwise], q: Tensor, degree: int) -> Tensor:
     """g_n(q) = E[g(√q z) He_n(z)] / √(n!) for each g in ``fns``: shape (len(fns), D, *q.shape), D the widest rule
     among ``q`` (narrower rules zero-padded), in float64 where the device has it."""
-    flat = q.reshape(-1)
-    coefficients = _memoized(("coefficients", tuple(fns), degree), flat,
-                             lambda: _hermite_coefficients(fns, flat, degree))
-    return coefficients.reshape(*coefficients.shape[:2], *q.shape)
-
-
-def _hermite_coefficients(fns: Sequence[Elementwise], q: Tensor, degree: int) -> Tensor:
     work = _work_dtype(q.device)
 
     def compute(q_group: Tensor, points: int) -> Tensor:
@@ -296,7 +290,7 @@ def _series_side(fns: Sequence[Elementwise], q: Tensor, degree: int, dtype: torc
     flat = q.reshape(-1)
 
     def compute():
-        coefficients = _hermite_coefficients(fns, flat, degree)
+        coefficients = hermite_coefficients(fns, flat, degree)
         sizes = torch.stack([_relative_size(part) for part in coefficients])
         return _contiguous(coefficients, dtype), sizes
 

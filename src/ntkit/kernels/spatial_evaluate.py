@@ -114,8 +114,10 @@ class _Grid:
         self.x1, self.x2, self.plan, self.scratch, self.symmetric = x1, x2, plan, scratch, symmetric
         self.records1, self.records2 = records1, records2
         self.need_ntk = "ntk" in get
-        self.tuner = ThreadTuner(x1.device)  # inactive unless evaluate_spatial sets one up
         self.out = {name: torch.empty(len(x1), len(x2), dtype=x1.dtype, device=x1.device) for name in get}
+        # Busy CPUs: one thread may be faster (ntkit._threads); timed on the sub-tiles, the bulk of the work.
+        per_group = -(-plan.group[0] // plan.sub_tile[0]) * -(-plan.group[1] // plan.sub_tile[1])
+        self.tuner = ThreadTuner(x1.device, len(self.groups()) * per_group)
 
     def groups(self):
         (rows, cols), n1, n2 = self.plan.group, len(self.x1), len(self.x2)
@@ -198,9 +200,6 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     grid = _Grid(arch, x1, x2, get, plan, records1, records2, scratch, symmetric)
     groups = grid.groups()
     show = progress if progress is not None else len(groups) >= _PROGRESS_MIN_TILES
-    # Busy CPUs: one thread may be faster (ntkit._threads); timed on the sub-tiles, the bulk of the work.
-    per_group = -(-plan.group[0] // plan.sub_tile[0]) * -(-plan.group[1] // plan.sub_tile[1])
-    grid.tuner = ThreadTuner(x1.device, len(groups) * per_group)
     with coefficient_cache():  # quadrature activations: each block of points' coefficients once
         for rows, cols in tqdm(groups, desc="kernel tiles", disable=None if show else True, leave=False):
             grid.compute(rows, cols)

@@ -165,9 +165,6 @@ class KernelOperator:
             out[start:start + self.panel_rows] = self._panel(index).to(torch.float64) @ v64
         return out
 
-    def matvec(self, v) -> torch.Tensor:
-        return self @ v
-
     def normal_product(self, u, v=None) -> torch.Tensor:
         """Kᵀ (K u + v) for u (N2,) or (N2, k) and v (N1, ...) or None, streamed by panels in float64: the
         normal-equations product of Nyström/Falkon solvers (K = K(X, centres)), without K or Kᵀ K in memory."""

@@ -107,8 +107,7 @@ class KrylovGradientFlow:
         """f_t(X) = y + e^{−τA}(f₀ − y), f₀ = 0; shapes as ``GradientFlow.train_outputs``."""
         times, scalar = self._times(t)
         tau = self._tau(times)
-        residual = self._apply(lambda lam, s: torch.where(torch.isinf(s), 0.0, torch.exp(-lam * torch.where(
-            torch.isinf(s), 0.0, s))), tau)
+        residual = self._apply(_decay, tau)
         return self._shape(residual + self._y[None], scalar)
 
     def dual_coefficients(self, t) -> torch.Tensor:
@@ -146,6 +145,11 @@ class KrylovGradientFlow:
     def __repr__(self) -> str:
         return (f"GradientFlow(KernelOperator N={self.n_train}, O={self.n_outputs}, learning_rate="
                 f"{self.learning_rate:g}, diag_reg={self.diag_reg:g}, Krylov steps={self.steps})")
+
+
+def _decay(lam: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """e^{−τλ}, and 0 at τ = ∞."""
+    return torch.where(torch.isinf(tau), 0.0, torch.exp(-lam * torch.where(torch.isinf(tau), 0.0, tau)))
 
 
 def _phi(lam: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -162,8 +163,6 @@ class _KernelMachine(BaseEstimator):
             alpha, self.solve_report_ = model.alpha, model.report
             self.support_ = model.centres.reshape(len(model.centres), -1).cpu().numpy()
         if not self.solve_report_.converged:
-            import warnings
-
             warnings.warn(f"{owner}: solver={solver!r} stopped at relative residual "
                           f"{self.solve_report_.relative_residual:.2g} (tol={self.tol:g}) after "
                           f"{self.solve_report_.iterations} iterations", RuntimeWarning, stacklevel=4)
