@@ -229,8 +229,8 @@ def test_coefficients_are_computed_once_per_block_of_points_and_change_nothing(m
     from ntkit.kernels import quadrature
 
     calls = []
-    original = quadrature.hermite_coefficients
-    monkeypatch.setattr(quadrature, "hermite_coefficients", lambda *a: calls.append(1) or original(*a))
+    original = quadrature._coefficients_and_moments
+    monkeypatch.setattr(quadrature, "_coefficients_and_moments", lambda *a: calls.append(1) or original(*a))
     arch = nk.mlp(2, 8, activation="tanh", b_std=0.2)
     x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     tiled = arch.kernel(x, batch_size=10)  # 4 blocks, 10 tiles on and above the diagonal
@@ -240,3 +240,22 @@ def test_coefficients_are_computed_once_per_block_of_points_and_change_nothing(m
     whole = arch.kernel(x, batch_size=40)
     torch.testing.assert_close(tiled.ntk, whole.ntk, rtol=1e-13, atol=0)
     torch.testing.assert_close(tiled.nngp, whole.nngp, rtol=1e-13, atol=0)
+
+
+def test_variances_and_self_kernels_reuse_the_coefficients_evaluations(monkeypatch):
+    """σ and σ' are evaluated at a block's nodes once per layer: the 1-D moments (the next variances, the diagonal's
+    E[σ(u)²]) come from the same evaluations as the Mehler coefficients, bitwise what a lone computation gives."""
+    from ntkit.kernels import quadrature
+
+    evaluations, groups = [], []
+    projection = quadrature._projection
+    monkeypatch.setattr(quadrature, "_projection", lambda *a: groups.append(1) or projection(*a))
+    arch = nk.Serial(nk.Dense(8, b_std=0.2),
+                     nk.Activation(lambda u: evaluations.append("fn") or torch.tanh(u),
+                                   lambda u: evaluations.append("dfn") or 1 - torch.tanh(u) ** 2),
+                     nk.Dense(1))
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    k = arch.kernel(x, batch_size=10)
+    assert evaluations.count("fn") == evaluations.count("dfn") == len(groups) > 0
+    alone = arch.kernel_diagonal(x)  # no cache: the 1-D moments computed on their own
+    assert torch.equal(k.ntk.diagonal(), alone.ntk) and torch.equal(k.nngp.diagonal(), alone.nngp)
