@@ -57,12 +57,19 @@ def test_model_errors_are_clear(net):
     with pytest.raises(ValueError, match="DenseModule expects inputs with 5 features"):
         empirical_ntk(net, torch.randn(3, 4, dtype=DT))  # the model's own error, unchanged
 
-    class ReturnsTuple(nn.Module):
+    class ReturnsCount(nn.Module):  # a tuple of outputs is fine (test_empirical_pytrees.py); a number is not
         def forward(self, x):
-            return x, x
+            return x, x.shape[0]
 
-    with pytest.raises(TypeError, match="must return one tensor"):
-        empirical_ntk(ReturnsTuple(), x)
+    with pytest.raises(TypeError, match=r"the model's output\[1\] is of type int, not a tensor.*output_fn="):
+        empirical_ntk(ReturnsCount(), x)
+
+    class ReturnsNothing(nn.Module):
+        def forward(self, x):
+            return {"logits": None}
+
+    with pytest.raises(TypeError, match="the model returned no tensor"):
+        empirical_ntk(ReturnsNothing(), x)
 
     class DropsBatch(nn.Module):
         def __init__(self):

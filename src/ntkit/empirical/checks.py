@@ -1,4 +1,5 @@
-"""Argument checks for the empirical kernels: options, inputs (floating points or integer token ids) and models.
+"""Argument checks for the empirical kernels: options, inputs (floating points or integer token ids, one tensor or
+a tuple/list/dict of them, see ``trees.py``) and models.
 
 Every check names the argument and says what was expected (the convention of ``ntkit._validation``). Models
 whose output for one sample depends on the rest of the batch (BatchNorm using batch statistics) or on chance
@@ -14,10 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
 from .._validation import as_input_tensor, check_finite, check_pair, check_positive_int
+from .trees import describe, is_input_tree, named_leaves
 
 __all__ = ["OUTPUTS", "METHODS", "check_output", "check_method", "check_batch_size", "check_max_memory",
-           "as_model_input", "model_inputs", "check_model", "compute_dtype", "check_result_finite"]
+           "as_model_input", "model_inputs", "check_output_fn", "check_model", "compute_dtype",
+           "check_result_finite", "without_inference_tensors"]
 
 OUTPUTS = ("full", "trace", "diagonal")
 METHODS = ("auto", "layerwise", "jacobian", "vector_products")
@@ -67,16 +72,97 @@ def as_model_input(x, name: str) -> torch.Tensor:
     return as_input_tensor(x, name)
 
 
-def model_inputs(x1, x2) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Validate x1 and (optionally) x2 as batches of the same kind of sample on one device."""
-    x1 = as_model_input(x1, "x1")
-    if x2 is None:
-        return x1, None
-    x2 = as_model_input(x2, "x2")
-    if x1.is_floating_point() != x2.is_floating_point():  # before check_pair, whose promotion would cast ids
-        raise TypeError(f"x1 has dtype {x1.dtype} but x2 has dtype {x2.dtype}; give both as floats or both as "
-                        "integer ids")
-    return check_pair(x1, x2)
+def _as_input_tree(x, name: str):
+    """Several inputs: every leaf a tensor (or numpy array) with the same batch size N, all on one device."""
+    leaves = named_leaves(x, name)
+    if not leaves:
+        raise ValueError(f"{name} holds no tensors; give one tensor (N, ...) or a tuple/list/dict of tensors")
+    checked = []
+    for leaf_name, leaf in leaves:
+        if not isinstance(leaf, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"{leaf_name} is of type {type(leaf).__name__}; every element of {name} must be a tensor "
+                            "with the batch on axis 0 (fix other arguments of the model in a wrapper module)")
+        checked.append(as_model_input(leaf, leaf_name))
+    (first_name, _), first = leaves[0], checked[0]
+    for (leaf_name, _), leaf in zip(leaves[1:], checked[1:]):
+        if leaf.shape[0] != first.shape[0]:
+            raise ValueError(f"the tensors of {name} must share the batch axis 0: {first_name} has shape "
+                             f"{tuple(first.shape)} ({first.shape[0]} samples) but {leaf_name} has shape "
+                             f"{tuple(leaf.shape)} ({leaf.shape[0]} samples)")
+        if leaf.device != first.device:
+            raise ValueError(f"{first_name} is on {first.device} but {leaf_name} is on {leaf.device}; put all of "
+                             f"{name} on one device")
+    # A top-level list becomes a tuple (the same model(*x) call): a list is what the block methods' features are.
+    return tree_unflatten(checked, tree_flatten(tuple(x) if isinstance(x, list) else x)[1])
+
+
+def _floating_dtype(*trees) -> torch.dtype | None:
+    dtypes = [leaf.dtype for tree in trees if tree is not None for _, leaf in named_leaves(tree, "")
+              if leaf.is_floating_point()]
+    if not dtypes:
+        return None
+    dtype = dtypes[0]
+    for other in dtypes[1:]:
+        dtype = torch.promote_types(dtype, other)
+    return dtype
+
+
+def _check_tree_pair(x1, x2):
+    """x2 must have x1's structure and, tensor by tensor, its per-sample shape, kind (floats or ids) and device."""
+    spec1, spec2 = tree_flatten(x1)[1], tree_flatten(x2)[1]
+    if spec1 != spec2:
+        raise ValueError(f"x2 must have the same structure as x1; got x1: {describe(x1, 'x1')}; x2: "
+                         f"{describe(x2, 'x2')}")
+    for (name1, a), (name2, b) in zip(named_leaves(x1, "x1"), named_leaves(x2, "x2")):
+        if a.is_floating_point() != b.is_floating_point():
+            raise TypeError(f"{name1} has dtype {a.dtype} but {name2} has dtype {b.dtype}; give both as floats or "
+                            "both as integer ids")
+        if a.shape[1:] != b.shape[1:]:
+            raise ValueError(f"{name1} and {name2} must have the same per-sample shape; got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)}")
+        if a.device != b.device:
+            raise ValueError(f"{name1} is on {a.device} but {name2} is on {b.device}; put both on the same device")
+
+
+def model_inputs(x1, x2):
+    """Validate x1 and (optionally) x2 as batches of the same kind of sample on one device.
+
+    Each is one tensor (N, ...) or a tuple/list/dict of tensors sharing N (``trees.py``). With several tensors,
+    the floating ones are brought to one dtype (torch's promotion over all of them, x2's included) and the integer
+    ones (ids) kept.
+    """
+    if not (is_input_tree(x1) or is_input_tree(x2)):
+        x1 = as_model_input(x1, "x1")
+        if x2 is None:
+            return x1, None
+        x2 = as_model_input(x2, "x2")
+        if x1.is_floating_point() != x2.is_floating_point():  # before check_pair, whose promotion would cast ids
+            raise TypeError(f"x1 has dtype {x1.dtype} but x2 has dtype {x2.dtype}; give both as floats or both as "
+                            "integer ids")
+        return check_pair(x1, x2)
+    x1 = _as_input_tree(x1, "x1") if is_input_tree(x1) else as_model_input(x1, "x1")
+    if x2 is not None:
+        x2 = _as_input_tree(x2, "x2") if is_input_tree(x2) else as_model_input(x2, "x2")
+        _check_tree_pair(x1, x2)
+    dtype = _floating_dtype(x1, x2)
+
+    def cast(t):
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return tree_map(cast, x1), None if x2 is None else tree_map(cast, x2)
+
+
+def without_inference_tensors(x):
+    """The batch with inference tensors (made under ``torch.inference_mode()``) copied to normal ones, which
+    autograd may save; call it outside inference mode."""
+    return tree_map(lambda t: t.clone() if t.is_inference() else t, x)
+
+
+def check_output_fn(output_fn):
+    if output_fn is not None and not callable(output_fn):
+        raise TypeError(f"output_fn must be a callable applied to the model's output (e.g. lambda out: out[0]) or "
+                        f"None; got {type(output_fn).__name__}")
+    return output_fn
 
 
 def _batch_coupled_modules(model: nn.Module) -> list[str]:
@@ -107,10 +193,11 @@ def check_model(model) -> nn.Module:
     return model
 
 
-def compute_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
-    """The dtype of the result: the inputs' floating dtype, else (integer ids) the model's parameter dtype."""
-    if x.is_floating_point():
-        return x.dtype
+def compute_dtype(model: nn.Module, x) -> torch.dtype:
+    """The dtype of the result: the inputs' floating dtype, else (integer ids only) the model's parameter dtype."""
+    dtype = _floating_dtype(x)
+    if dtype is not None:
+        return dtype
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype

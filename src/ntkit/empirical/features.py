@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .trees import take
+
 __all__ = ["GradFeature", "GramProduct", "PositionGram", "IndexGram", "new_block", "add_share", "finish_block",
            "output_products", "slice_features", "feature_bytes"]
 
@@ -152,10 +154,11 @@ def add_share(block: torch.Tensor, f1, f2, mode: str) -> None:
 
 
 def slice_features(feats, rows: slice):
-    """A sub-range of a chunk's samples: every tensor of every feature sliced on its sample axis (for vector
-    products the 'features' are the inputs themselves, one tensor)."""
-    if isinstance(feats, torch.Tensor):
-        return feats[rows]
+    """A sub-range of a chunk's samples: every tensor of every feature sliced on its sample axis. Features come as
+    a list; anything else is the 'features' of vector products, the inputs themselves (a tensor or a tuple/dict of
+    tensors: user inputs given as a list arrive as tuples, ``checks.model_inputs``)."""
+    if not isinstance(feats, list):
+        return take(feats, rows)
     return [type(f)(*(t[rows] for t in vars(f).values())) for f in feats]
 
 

@@ -17,19 +17,20 @@ from torch.func import jacrev, vmap
 
 from .features import GradFeature
 from .model_function import ModelFunction
+from .trees import add_batch_axis, batch_size, take
 
 __all__ = ["jacobian_features", "VMAP_FALLBACK_WARNING"]
 
 VMAP_FALLBACK_WARNING = "cannot be vmapped"
 
 
-def _jacobian_by_loop(fn: ModelFunction, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _jacobian_by_loop(fn: ModelFunction, names: list[str], x) -> dict[str, torch.Tensor]:
     """{name: (n, O, *shape)} from torch.autograd.grad, one sample and one output at a time."""
     leaves = {name: fn.params[name].detach().requires_grad_() for name in names}
     rows = {name: [] for name in names}
-    for i in range(x.shape[0]):
+    for i in range(batch_size(x)):
         with torch.enable_grad():
-            out = fn(x[i:i + 1], leaves)[0]
+            out = fn(take(x, slice(i, i + 1)), leaves)[0]
         per_output = {name: [] for name in names}
         for a in range(out.shape[0]):
             grads = torch.autograd.grad(out[a], list(leaves.values()), retain_graph=a < out.shape[0] - 1,
@@ -41,14 +42,15 @@ def _jacobian_by_loop(fn: ModelFunction, names: list[str], x: torch.Tensor) -> d
     return {name: torch.stack(rows[name]).detach() for name in names}
 
 
-def jacobian_features(fn: ModelFunction, names: list[str], x: torch.Tensor) -> list[GradFeature]:
-    """[GradFeature (n, O, numel) for each parameter in ``names``] on the batch ``x``."""
+def jacobian_features(fn: ModelFunction, names: list[str], x) -> list[GradFeature]:
+    """[GradFeature (n, O, numel) for each parameter in ``names``] on the batch ``x`` (a tensor or a pytree of
+    tensors sharing the batch axis, all vmapped over it)."""
     if not names:
         return []
     chosen = {name: fn.params[name] for name in names}
 
     def single(params, sample):
-        return fn(sample[None], params)[0]
+        return fn(add_batch_axis(sample), params)[0]
 
     try:
         # torch notes ops it batches by a slow fallback ("performance drop"): not the user's concern here.
@@ -60,5 +62,5 @@ def jacobian_features(fn: ModelFunction, names: list[str], x: torch.Tensor) -> l
                       f"computing the Jacobian of {len(names)} parameter tensor(s) one sample and one output at a "
                       "time, which is slow", RuntimeWarning, stacklevel=2)
         jac = _jacobian_by_loop(fn, names, x)
-    n = x.shape[0]
+    n = batch_size(x)
     return [GradFeature(jac[name].reshape(n, jac[name].shape[1], -1)) for name in names]

@@ -20,6 +20,7 @@ from .layerwise import LinearRule, choose_form
 from .memory import ChunkPlan, Cost, plan_chunks
 from .model_function import ModelFunction
 from .probe import ModelStructure
+from .trees import batch_size
 from .vector_products import vector_product_block
 
 __all__ = ["LayerwiseMethod", "JacobianMethod", "VectorProductMethod", "reduce_full"]
@@ -103,7 +104,7 @@ class LayerwiseMethod(_ContractingMethod):
                 self.forms[layer.name] = (dims, choose_form(dims, n1, n2, self.outputs, mode,
                                                             layer.rule.dense_patch(layer.module)))
 
-    def features(self, x: torch.Tensor) -> list:
+    def features(self, x) -> list:
         feats = []
         if self.structure.fast_layers:
             captured = capture_layers(self.fn, self.structure.fast_layers, x)
@@ -156,7 +157,7 @@ class JacobianMethod(_ContractingMethod):
 
     name = "jacobian"
 
-    def features(self, x: torch.Tensor) -> list:
+    def features(self, x) -> list:
         return jacobian_features(self.fn, list(self.fn.params), x)
 
     def pair_flops(self) -> int:
@@ -169,7 +170,7 @@ class JacobianMethod(_ContractingMethod):
 
 
 class VectorProductMethod(_Method):
-    """Blocks from vjp/jvp pairs; the 'features' of a chunk are its inputs."""
+    """Blocks from vjp/jvp pairs; the 'features' of a chunk are its inputs (a tensor or a pytree of them)."""
 
     name = "vector_products"
 
@@ -177,11 +178,11 @@ class VectorProductMethod(_Method):
         super().__init__(fn, structure, mode)
         self.basis_batch: int | None = None  # None: all n2·O columns of a block at once
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x):
         return x
 
-    def contract(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        batch = self.basis_batch or x2.shape[0] * self.outputs
+    def contract(self, x1, x2) -> torch.Tensor:
+        batch = self.basis_batch or batch_size(x2) * self.outputs
         return reduce_full(vector_product_block(self.fn, x1, x2, batch), self.mode)
 
     def column_bytes(self, rows: int) -> int:

@@ -2,23 +2,29 @@
 
 Parameters with ``requires_grad=False`` and buffers are held fixed. Floating parameters and buffers are cast to
 the compute dtype (the inputs' dtype), so a float32 model gives a float64 kernel for float64 inputs, computed
-from the same weights. Outputs of any shape (N, ...) are flattened to (N, O).
+from the same weights. The batch is one tensor or a tuple/list/dict of tensors (``model(x)``, ``model(*x)``,
+``model(**x)``); the output, after ``output_fn``, is one tensor (N, ...) or a pytree of them, flattened to (N, O)
+in the order ``trees.py`` documents.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from .trees import batch_size, call_arguments, flatten_outputs
 
 __all__ = ["ModelFunction"]
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     tensor = tensor.detach()
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+    if tensor.is_floating_point() and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    # A model created under torch.inference_mode() holds inference tensors, which autograd may not save: copy them
+    # (the caller has left inference mode, so the copy is a normal tensor).
+    return tensor.clone() if tensor.is_inference() else tensor
 
 
 class ModelFunction:
@@ -28,10 +34,14 @@ class ModelFunction:
         params: trainable parameters {name: tensor} (tied parameters appear once, under their first name).
         fixed: frozen parameters and buffers, held constant.
         dtype, device: compute dtype and device (the inputs').
+        output_fn: None, or a callable applied to the model's output before it is flattened.
+
+    Build it outside inference mode (``torch.inference_mode(False)``): tensors cast inside inference mode are
+    inference tensors, which autograd refuses to save.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device):
-        self.model, self.dtype, self.device = model, dtype, device
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, output_fn=None):
+        self.model, self.dtype, self.device, self.output_fn = model, dtype, device, output_fn
         self.params: dict[str, torch.Tensor] = {}
         self.fixed: dict[str, torch.Tensor] = {}
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -42,22 +52,14 @@ class ModelFunction:
             (self.params if trainable else self.fixed)[name] = _cast(tensor, dtype)
         self.num_params = sum(p.numel() for p in self.params.values())
 
-    def __call__(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def __call__(self, x, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """f(θ, x) as (N, O); ``params`` replaces some or all of the trainable parameters."""
         tensors = {**self.fixed, **self.params, **(params or {})}
-        out = functional_call(self.model, tensors, (x,))
-        return self.flatten_output(out, x.shape[0])
-
-    @staticmethod
-    def flatten_output(out, n: int) -> torch.Tensor:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the model must return one tensor of shape (N, ...); it returned {type(out).__name__}")
-        if out.ndim == 0 or out.shape[0] != n:
-            raise ValueError(f"the model's output must have the batch axis first: for {n} input(s) it returned "
-                             f"shape {tuple(out.shape)}")
-        if not out.is_floating_point():
-            raise TypeError(f"the model's output must be floating point; got {out.dtype}")
-        return out.reshape(n, math.prod(out.shape[1:]))
+        args, kwargs = call_arguments(x)
+        out = functional_call(self.model, tensors, args, kwargs)
+        if self.output_fn is not None:
+            out = self.output_fn(out)
+        return flatten_outputs(out, batch_size(x))
 
     def parameter_bytes(self) -> int:
         return self.num_params * self.dtype.itemsize

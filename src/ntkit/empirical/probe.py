@@ -13,7 +13,9 @@ The probe runs the model on a batch of 1 and a batch of 2 and records, for every
 
 The probe also measures the bytes of the tensors one sample's forward creates (for memory planning) and checks
 that the model treats samples independently: f(batch)[i] must equal f(sample i), compared in full precision
-(TF32 off) to a tolerance set by the output dtype.
+(TF32 off) to a tolerance set by the output dtype. Inputs and outputs may be pytrees (``trees.py``): the samples
+are taken from every input tensor alike. Being the model's first run, it restates torch's errors about inputs the
+model does not accept in terms of what the user passed (``diagnose.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .diagnose import explain
 from .layerwise import LayerRule, find_rule
 from .model_function import ModelFunction
+from .trees import batch_size, take
 
 __all__ = ["FastLayer", "ModelStructure", "probe_model"]
 
@@ -111,17 +115,22 @@ def _candidates(fn: ModelFunction) -> tuple[list[FastLayer], dict[str, str]]:
     return layers, fallbacks
 
 
-def _run_watched(fn: ModelFunction, x: torch.Tensor, layers: list[FastLayer], owner_of):
-    """One forward under the watcher; returns (output, {layer index: [(in_shape, out_shape), ...]}, watcher)."""
+def _run_watched(fn: ModelFunction, x, layers: list[FastLayer], owner_of, user_x, arg: str):
+    """One forward under the watcher; returns (output, {layer index: [(in_shape, out_shape), ...]}, watcher).
+
+    An error of the model is restated in terms of ``user_x``, the ``arg`` the user passed (``diagnose.py``)."""
     stack: list[nn.Module] = []
+    running: list[tuple] = []  # (module, its positional arguments), parallel to ``stack``, for error messages
     calls: dict[int, list] = {i: [] for i in range(len(layers))}
     index_of = {id(layer.module): i for i, layer in enumerate(layers)}
 
     def push(module, args):
         stack.append(module)
+        running.append((module, args))
 
     def pop(module, args, output):
         stack.pop()
+        running.pop()
         i = index_of.get(id(module))
         if i is not None:
             first = args[0] if args else None
@@ -137,6 +146,13 @@ def _run_watched(fn: ModelFunction, x: torch.Tensor, layers: list[FastLayer], ow
         watcher = _UsageWatcher(owner_of, stack)
         with watcher:
             out = fn(x)
+    except (RuntimeError, IndexError, AssertionError) as err:
+        module, args = running[-1] if running else (None, ())
+        names = {id(m): name for name, m in fn.model.named_modules()}
+        restated = explain(err, user_x, arg, names.get(id(module), ""), module, args)
+        if restated is None:
+            raise
+        raise restated from err
     finally:
         for handle in handles:
             handle.remove()
@@ -184,9 +200,9 @@ def _full_precision():
         cuda_matmul.allow_bf16_reduced_precision_reduction = saved[4]
 
 
-def _check_independent(fn: ModelFunction, x_pair: torch.Tensor, f_pair: torch.Tensor, f_first: torch.Tensor):
+def _check_independent(fn: ModelFunction, x_pair, f_pair: torch.Tensor, f_first: torch.Tensor):
     """f(batch of two)[i] must equal f(sample i), up to rounding of a differently batched computation."""
-    f_second = fn(x_pair[1:2])
+    f_second = fn(take(x_pair, slice(1, 2)))
     single = torch.cat([f_first, f_second])
     scale = max(float(single.abs().max()), float(f_pair.abs().max()), 1e-30)
     dtype = f_pair.dtype
@@ -202,19 +218,20 @@ def _check_independent(fn: ModelFunction, x_pair: torch.Tensor, f_pair: torch.Te
             "per-sample model: call model.eval() and remove batch-coupled layers.")
 
 
-def probe_model(fn: ModelFunction, x: torch.Tensor, *, fast: bool = True) -> ModelStructure:
-    """Probe ``fn`` on the first sample(s) of ``x``; ``fast=False`` sends every parameter to the Jacobian path."""
+def probe_model(fn: ModelFunction, x, *, fast: bool = True, arg: str = "x1") -> ModelStructure:
+    """Probe ``fn`` on the first sample(s) of ``x`` (the argument ``arg``: one tensor or a pytree of them);
+    ``fast=False`` sends every parameter to the Jacobian path."""
     layers, fallbacks = _candidates(fn) if fast else ([], {})
     owner_of = {id(fn.params[pname]): layer.module for layer in layers for pname in layer.roles.values()}
-    pair_index = [0, 1] if x.shape[0] > 1 else [0, 0]
-    x_pair = x[pair_index]
+    n = batch_size(x)
+    x_pair = take(x, [0, 1] if n > 1 else [0, 0])
     with torch.no_grad(), _full_precision():
-        f_one, calls_one, watcher_one = _run_watched(fn, x[:1], layers, owner_of)
-        f_two, calls_two, watcher_two = _run_watched(fn, x_pair, layers, owner_of)
-        for f, which in ((f_one, "x1[0]"), (f_two, "x1[0] and x1[1]")):
+        f_one, calls_one, watcher_one = _run_watched(fn, take(x, slice(0, 1)), layers, owner_of, x, arg)
+        f_two, calls_two, watcher_two = _run_watched(fn, x_pair, layers, owner_of, x, arg)
+        for f, which in ((f_one, "sample 0"), (f_two, "samples 0 and 1")):
             if not bool(torch.isfinite(f).all()):
-                raise FloatingPointError(f"the model's output for {which} contains NaN or inf")
-        if x.shape[0] > 1:
+                raise FloatingPointError(f"the model's output for {arg}'s {which} contains NaN or inf")
+        if n > 1:
             _check_independent(fn, x_pair, f_two, f_one)
     foreign = watcher_one.foreign | watcher_two.foreign
     kept = []

@@ -20,6 +20,7 @@ from torch.func import jvp, vjp, vmap
 
 from .jacobian import VMAP_FALLBACK_WARNING
 from .model_function import ModelFunction
+from .trees import batch_size
 
 __all__ = ["vector_product_block"]
 
@@ -53,10 +54,11 @@ def _unit_basis(f: torch.Tensor) -> torch.Tensor:
     return torch.eye(n * outputs, dtype=f.dtype, device=f.device).view(n * outputs, n, outputs)
 
 
-def vector_product_block(fn: ModelFunction, x1: torch.Tensor, x2: torch.Tensor, basis_batch: int) -> torch.Tensor:
-    """The full block Θ(x1, x2) as (n1, n2, O, O) from n2·O vjp/jvp pairs, ``basis_batch`` at a time."""
+def vector_product_block(fn: ModelFunction, x1, x2, basis_batch: int) -> torch.Tensor:
+    """The full block Θ(x1, x2) as (n1, n2, O, O) from n2·O vjp/jvp pairs, ``basis_batch`` at a time (x1, x2: one
+    tensor or a pytree of tensors each)."""
     params = fn.params
-    n1 = x1.shape[0]
+    n1 = batch_size(x1)
     with torch.enable_grad(), warnings.catch_warnings():
         # torch notes ops it batches by a slow fallback ("performance drop"): not the user's concern here.
         warnings.filterwarnings("ignore", message=".*performance drop.*")
