@@ -250,3 +250,130 @@ def test_half_precision_outputs_get_a_tolerance_of_their_own_ulps():
     _check_independent(lambda _: single[1:], torch.zeros(2, 1), close, single[:1])
     with pytest.raises(ValueError, match="compared in bfloat16 .* tolerance 16 ulps"):
         _check_independent(lambda _: single[1:], torch.zeros(2, 1), single + 0.3, single[:1])
+
+
+# ----- torch's errors on the probe, restated in the user's terms ------------------------------------------------
+
+def _plain_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_wrong_feature_count_names_x1_its_shape_and_in_features():
+    """torch says "shapes cannot be multiplied (1x4 and 3x8)", the 1x4 being the probe's batch, not the user's."""
+    for fn in (empirical_ntk, empirical_nngp):
+        with pytest.raises(ValueError, match=r"x1 \(shape \(5, 4\), dtype torch.float32\) does not fit the model: "
+                                             r"module '0' \(Linear\(in_features=3, out_features=8, bias=True\)\) "
+                                             r"expects 3 input features .*\(in_features=3\) but receives 4") as info:
+            fn(_plain_mlp(), torch.randn(5, 4))
+        assert "1x4 and 3x8" in str(info.value.__cause__)  # torch's own error, chained
+
+
+def test_wrong_channels_or_layout_to_a_conv_are_named():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 1))
+    with pytest.raises(ValueError, match=r"x1 \(shape \(2, 5, 6, 6\).*module '0' \(Conv2d\(3, 4.*expects 3 input "
+                                         r"channels on axis 1 \(in_channels=3\) but receives 5"):
+        empirical_ntk(cnn, torch.randn(2, 5, 6, 6))
+    with pytest.raises(ValueError, match=r"x1 \(shape \(2, 108\).*expects inputs laid out as \(N, C, H, W\) but "
+                                         r"receives a 2-D tensor"):
+        empirical_ntk(cnn, torch.randn(2, 108))
+    # a later layer: the Linear after Flatten gets 5·5·4 = 100 features from 7x7 images instead of 64
+    with pytest.raises(ValueError, match=r"x1 \(shape \(2, 3, 7, 7\).*module '2' .*in_features=64\) but receives "
+                                         r"100"):
+        empirical_ntk(cnn, torch.randn(2, 3, 7, 7))
+
+
+def test_integer_inputs_to_a_float_model_are_refused_clearly():
+    ids = torch.randint(0, 3, (5, 3), generator=torch.Generator().manual_seed(0))
+    for fn in (empirical_ntk, empirical_nngp):
+        with pytest.raises(TypeError, match=r"x1 has integer dtype torch.int64 \(shape \(5, 3\)\), but the model "
+                                            r"computes with floats in module '0'.*x1.float\(\).*nn.Embedding"):
+            fn(_plain_mlp(), ids)
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 1), nn.Linear(3, 1)
+
+        def forward(self, a, b):
+            return self.a(a) + self.b(b)
+
+    with pytest.raises(TypeError, match=r"x1\[1\] has integer dtype torch.int64 \(shape \(5, 3\)\).*module 'b'"):
+        empirical_ntk(Branches(), (torch.randn(5, 2), ids))
+
+
+def test_embedding_models_keep_integer_ids_and_name_bad_ones():
+    torch.manual_seed(0)
+    tokens = nn.Sequential(nn.Embedding(7, 4), nn.Flatten(), nn.Linear(12, 2))
+    ids = torch.randint(0, 7, (4, 3), generator=torch.Generator().manual_seed(0))
+    assert empirical_ntk(tokens, ids).shape == (4, 4, 2, 2)  # ids are what it takes
+    bad = ids.clone()
+    bad[0, 1] = 9
+    with pytest.raises(ValueError, match=r"x1 \(shape \(4, 3\), dtype torch.int64\) does not fit the model: module "
+                                         r"'0' \(Embedding\(7, 4\)\) takes ids in \[0, 7\) \(num_embeddings=7\) but "
+                                         r"receives ids from \d to 9"):
+        empirical_ntk(tokens, bad)
+    with pytest.raises(TypeError, match=r"module '0' \(Embedding\(7, 4\)\) takes integer ids in \[0, 7\) but "
+                                        r"receives torch.float32 values"):
+        empirical_ntk(tokens, ids.float())
+
+
+def test_a_cuda_request_on_a_cpu_only_torch_says_so(monkeypatch):
+    """A model that moves a tensor to CUDA: on a CPU-only build torch raises a bare AssertionError ("Torch not
+    compiled with CUDA enabled"). On a CUDA build, Tensor.cuda is made to raise that same error, so the test runs
+    ntkit's handling of it everywhere."""
+    class ToCuda(nn.Module):
+        def forward(self, x):
+            return x.cuda()
+
+    if torch.backends.cuda.is_built():
+        def no_cuda(self, *args, **kwargs):
+            raise AssertionError("Torch not compiled with CUDA enabled")
+        monkeypatch.setattr(torch.Tensor, "cuda", no_cuda)
+    model = nn.Sequential(nn.Linear(3, 2), ToCuda())
+    with pytest.raises(RuntimeError, match=r"this build of torch \(.*\) has no CUDA support, but the model asked for "
+                                           r"a CUDA tensor in module '1' \(ToCuda\(\)\) while running on x1 \(shape "
+                                           r"\(5, 3\).*install a CUDA build of torch") as info:
+        empirical_ntk(model, torch.randn(5, 3))
+    assert isinstance(info.value.__cause__, AssertionError)
+
+
+def test_other_torch_errors_keep_their_type_and_gain_the_users_shape():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return torch.cat([self.lin(x), torch.zeros(2, 2)], 1)  # wrong batch size for the probe's 1 sample
+
+    with pytest.raises(RuntimeError, match=r"the model failed on x1 \(shape \(5, 3\), dtype torch.float32\), in the "
+                                           r"model's own forward \(Broken\): Sizes of tensors must match.*ntkit first "
+                                           r"runs the model on the first sample\(s\) of x1") as info:
+        empirical_ntk(Broken(), torch.randn(5, 3))
+    assert type(info.value) is RuntimeError and "Sizes of tensors must match" in str(info.value.__cause__)
+
+
+# ----- inference mode with dtype casts ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["auto", "layerwise", "jacobian", "vector_products"])
+def test_inference_mode_with_dtype_casts(method):
+    """float64 inputs to a float32 model and float32 inputs to a float64 model cast the parameters; under
+    torch.inference_mode() those casts (and the inputs) were inference tensors, which autograd refused to save."""
+    net32 = nk.mlp(1, 8, 2).build(3, seed=0)
+    net64 = nk.mlp(1, 8, 2).build(3, seed=0, dtype=torch.float64)
+    x64 = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cases = [(net32, x64), (net64, x64.float())]
+    references = [empirical_ntk(net, x, method=method) for net, x in cases]
+    with torch.inference_mode():
+        kernels = [empirical_ntk(net, x.clone(), method=method) for net, x in cases]
+        with_x2 = empirical_ntk(net32, x64.clone(), x64[:2].clone(), method=method, output="diagonal")
+        built_inside = nk.mlp(1, 8, 2).build(3, seed=0)  # its parameters are inference tensors
+        inside = empirical_ntk(built_inside, x64.clone(), method=method)
+        nngp = empirical_nngp(net32, x64.clone())
+    for kernel, reference in zip(kernels + [inside], references + [references[0]]):
+        assert kernel.dtype == reference.dtype
+        torch.testing.assert_close(kernel, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(with_x2, references[0][:, :2].diagonal(dim1=2, dim2=3), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(nngp, empirical_nngp(net32, x64), rtol=0, atol=0)

@@ -117,7 +117,9 @@ def test_two_inputs_as_tuple_list_and_dict():
     reference = reference_ntk(model, (s1, m1), (s2, m2), lambda out: [out])
     assert_all_methods(model, (s1, m1), (s2, m2), reference)
     for x1, x2 in (([s1, m1], [s2, m2]), ({"signal": s1, "meta": m1}, {"signal": s2, "meta": m2})):
-        torch.testing.assert_close(empirical_ntk(model, x1, x2), reference, rtol=1e-10, atol=1e-10)
+        for method in METHODS:  # model(*x) and model(**x), vmapped over every tensor
+            torch.testing.assert_close(empirical_ntk(model, x1, x2, method=method), reference, rtol=1e-10,
+                                       atol=1e-10)
     # chunked: every block of the symmetric kernel from slices of both input tensors
     symmetric = reference_ntk(model, (s1, m1), (s1, m1), lambda out: [out])
     for method in METHODS:

@@ -98,7 +98,7 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
 
     Returns:
         A tensor of the requested shape, in the inputs' dtype (the model's for integer inputs) and on their device,
-        also when called under ``torch.no_grad()``.
+        also when called under ``torch.no_grad()`` or ``torch.inference_mode()`` (computed outside inference mode).
     """
     output, method = check_output(output), check_method(method)
     batch_size, max_memory = check_batch_size(batch_size), check_max_memory(max_memory)
