@@ -18,6 +18,8 @@ __all__ = [
     "check_positive_int",
     "check_nonnegative_float",
     "check_finite",
+    "refuse_half_precision",
+    "resolve_device",
 ]
 
 
@@ -41,6 +43,9 @@ def as_input_tensor(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = N
             raise TypeError(f"{name} must be a tensor, array or nested list of numbers: {err}") from None
     else:
         raise TypeError(f"{name} must be a torch.Tensor or numpy array; got {type(x).__name__}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (a tensor with a shape but no values); create it on 'cpu' "
+                         "or 'cuda'")
     if t.is_complex():
         raise TypeError(f"{name} has complex dtype {t.dtype}; kernels are defined for real inputs")
     if not t.is_floating_point():
@@ -64,6 +69,24 @@ def as_input_tensor(x: Any, name: str, *, ndim: int | tuple[int, ...] | None = N
     return t
 
 
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def refuse_half_precision(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuse float16/bfloat16 inputs to the infinite-width kernels (the README's convention: refused, not upcast).
+
+    Half precision keeps 3 (bfloat16: 2) significant digits and float16 overflows past 65504, which a kernel
+    recursion's variances reach with ordinary inputs: the kernel would come back silently wrong in that dtype. An
+    explicit ``.float()`` costs the caller nothing and keeps "the kernel has the inputs' dtype" true. (The
+    empirical NTK of a half-precision model is computed in the model's dtype, as its forward pass is.)
+    """
+    if t.dtype in HALF_PRECISION:
+        raise TypeError(f"{name} has dtype {t.dtype}; infinite-width kernels are computed in float32 or float64 "
+                        "only (half precision keeps ~3 significant digits and float16 overflows past 65504, which "
+                        f"the kernel recursion reaches easily). Pass {name}.float() (float32) or {name}.double().")
+    return t
+
+
 def check_finite(t: torch.Tensor, name: str) -> None:
     """Raise if ``t`` holds NaN or infinity, saying how many and where the first one is."""
     bad = ~torch.isfinite(t)
@@ -73,13 +96,17 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains {count} non-finite value(s) (NaN or inf), the first at index {first}")
 
 
-def check_pair(x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check that two inputs can be compared by a kernel and bring them to a common dtype."""
+def check_pair(x1: torch.Tensor, x2: torch.Tensor, names: tuple[str, str] = ("x1", "x2")
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check that two inputs can be compared by a kernel and bring them to a common dtype.
+
+    ``names`` are the caller's parameter names for the two inputs (e.g. ("x_train", "x_test")), used in errors."""
+    a, b = names
     if x1.device != x2.device:
-        raise ValueError(f"x1 is on {x1.device} but x2 is on {x2.device}; put both on the same device")
+        raise ValueError(f"{a} is on {x1.device} but {b} is on {x2.device}; put both on the same device")
     if x1.shape[1:] != x2.shape[1:]:
         raise ValueError(
-            f"x1 and x2 must have the same feature shape; got x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)}"
+            f"{a} and {b} must have the same feature shape; got {a} {tuple(x1.shape)} and {b} {tuple(x2.shape)}"
         )
     dtype = torch.promote_types(x1.dtype, x2.dtype)
     return x1.to(dtype), x2.to(dtype)

@@ -71,12 +71,15 @@ def test_singular_kernel_at_infinite_time_suggests_diag_reg():
         flow.loss(torch.tensor([1.0, math.inf]))
     indefinite = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, -1.0], dtype=DTYPE))
     with pytest.raises(ValueError, match=r"smallest eigenvalue is -0.8.*increase diag_reg"):
-        nk.GradientFlow(indefinite, Y, diag_reg=0.2).train_outputs(math.inf)
+        with pytest.warns(RuntimeWarning, match="not positive semi-definite"):
+            flow = nk.GradientFlow(indefinite, Y, diag_reg=0.2)
+        flow.train_outputs(math.inf)
 
 
 def test_indefinite_kernel_that_blows_up_is_reported_not_returned_as_inf():
     indefinite = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, -1.0], dtype=DTYPE))
-    flow = nk.GradientFlow(indefinite, Y)
+    with pytest.warns(RuntimeWarning, match="not positive semi-definite"):
+        flow = nk.GradientFlow(indefinite, Y)
     assert torch.isfinite(flow.train_outputs(10.0)).all()  # grows like e^{t/N}, still finite
     with pytest.raises(FloatingPointError, match="eigenvalue -1 < 0.*positive semi-definite"):
         flow.train_outputs(1e5)
@@ -84,7 +87,8 @@ def test_indefinite_kernel_that_blows_up_is_reported_not_returned_as_inf():
 
 def test_no_per_component_quantity_comes_back_infinite():
     indefinite = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, -1.0], dtype=DTYPE))
-    flow = nk.GradientFlow(indefinite, Y)
+    with pytest.warns(RuntimeWarning, match="not positive semi-definite"):
+        flow = nk.GradientFlow(indefinite, Y)
     # e^{t/N} overflows float64 beyond t ≈ 709·N = 4254
     for method in (flow.decay_factors, flow.residual_components, flow.dual_coefficients, flow.loss):
         with pytest.raises(FloatingPointError, match="eigenvalue -1 < 0.*positive semi-definite"):
@@ -163,6 +167,16 @@ def test_kernel_descent_bad_targets_and_times():
         nk.kernel_gradient_descent(K, Y, "mse", ["soon"])
 
 
+@pytest.mark.parametrize("name, value", [("rtol", -1.0), ("rtol", 0.0), ("atol", -1e-12), ("atol", math.nan),
+                                         ("rtol", math.inf)])
+def test_kernel_descent_tolerances_must_be_positive(name, value):
+    """Issue 13: scipy only warned about rtol=-1 (and substituted its own floor); it is refused, naming it."""
+    with pytest.raises(ValueError, match=f"{name} must be a finite positive number"):
+        nk.kernel_gradient_descent(K, Y, "mse", 1.0, **{name: value})
+    with pytest.raises(TypeError, match="rtol must be a positive number"):
+        nk.kernel_gradient_descent(K, Y, "mse", 1.0, rtol="tight")
+
+
 def test_kernel_descent_checks_the_costs_even_when_nothing_is_integrated():
     # At t = 0 only, the solver never evaluates the cost's gradient: the reported costs are still checked.
     with pytest.raises(ValueError, match=r"cost must return the per-point costs c_j as a tensor of shape \(6,\)"):
@@ -178,8 +192,16 @@ def test_ensemble_bad_arguments():
         nk.ensemble_prediction(arch.build(3), X, Y, X, 1.0)
     with pytest.raises(ValueError, match=r"kernel must be one of \('ntk', 'nngp'\)"):
         nk.ensemble_prediction(arch, X, Y, X, 1.0, kernel="gp")
-    with pytest.raises(ValueError, match="x1 and x2 must have the same feature shape"):
+    # Issue 13: the errors name ensemble_prediction's own parameters, not arch.kernel's x1/x2.
+    with pytest.raises(ValueError, match=r"x_train and x_test must have the same feature shape; got x_train \(6, 3\) "
+                                         r"and x_test \(2, 4\)"):
         nk.ensemble_prediction(arch, X, Y, torch.zeros(2, 4, dtype=DTYPE), 1.0)
+    with pytest.raises(ValueError, match="x_train has 3 features but the architecture expects in_features=4"):
+        nk.ensemble_prediction(nk.mlp(1, 16, in_features=4), X, Y, X, 1.0)
+    with pytest.raises(ValueError, match="x_test is on the meta device"):
+        nk.ensemble_prediction(arch, X, Y, X.to("meta"), 1.0)
+    with pytest.raises(TypeError, match=r"x_test has dtype torch.bfloat16.*x_test.float\(\)"):
+        nk.ensemble_prediction(arch, X, Y, X.bfloat16(), 1.0)
     with pytest.raises(ValueError, match="y_train has 5 rows"):
         nk.ensemble_prediction(arch, X, Y[:5], X, 1.0)
     duplicated = torch.cat([X[:3], X[:3]])  # repeated points: a singular kernel

@@ -61,6 +61,32 @@ def test_complex_dtype():
         ARCH.kernel(torch.ones(3, 2, dtype=torch.complex64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_with_the_conversion_to_use(dtype):
+    """Issue 13: float16/bfloat16 inputs were computed in half precision and returned so (3 significant digits,
+    float16 overflowing past 65504). The README's convention: refused, naming the argument and ``.float()``."""
+    x = X.to(dtype)
+    for call, name in ((lambda: ARCH.kernel(x), "x1"), (lambda: ARCH.kernel(X, x), "x2"),
+                       (lambda: ARCH.kernel_diagonal(x), "x"),
+                       (lambda: nk.cnn(1, readout="gap").kernel(torch.randn(2, 1, 4, 4, dtype=dtype)), "x1"),
+                       (lambda: nk.KernelOperator(ARCH, x), "x1"), (lambda: nk.KernelOperator(ARCH, X, x), "x2")):
+        with pytest.raises(TypeError, match=rf"{name} has dtype {dtype}; infinite-width kernels are computed in "
+                                            rf"float32 or float64 only.*Pass {name}\.float\(\)"):
+            call()
+    with pytest.raises(TypeError, match="x1 has dtype torch.float16"):
+        ARCH.kernel(np.ones((3, 3), dtype=np.float16))  # numpy's float16 too
+    # The empirical NTK of a half-precision model is computed in the model's dtype, as its forward pass is.
+    net = ARCH.build(3, seed=0).to(dtype)
+    assert nk.empirical_ntk(net, x, output="trace").dtype == dtype
+
+
+def test_meta_device_inputs_are_refused():
+    with pytest.raises(ValueError, match="x1 is on the meta device"):
+        ARCH.kernel(torch.empty(3, 3, device="meta"))
+    with pytest.raises(ValueError, match="x2 is on the meta device"):
+        ARCH.kernel(X, torch.empty(3, 3, device="meta"))
+
+
 def test_not_a_tensor():
     with pytest.raises(TypeError, match="x1 must be a torch.Tensor or numpy array"):
         ARCH.kernel("abc")
@@ -145,6 +171,33 @@ def test_activation_needs_a_callable():
         nk.Activation(3.0)
     with pytest.raises(ValueError, match="degree must be a positive integer"):
         nk.Activation(torch.tanh, degree=0)
+
+
+@pytest.mark.parametrize("slope", [float("nan"), float("inf"), -float("inf")])
+def test_leaky_relu_slope_must_be_finite(slope):
+    """Issue 13: LeakyReLU(nan) was accepted, and its kernel then refused as an "overflow" blamed on w_std."""
+    with pytest.raises(ValueError, match="negative_slope must be a finite real number"):
+        nk.LeakyReLU(slope)
+    with pytest.raises(TypeError, match="negative_slope must be a real number"):
+        nk.LeakyReLU("0.1")
+    assert nk.LeakyReLU(np.float32(0.2)).negative_slope == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("fn, where", [(torch.sqrt, "-1e-08"), (lambda u: torch.log(u + 1.0), "-1.25893"),
+                                       (lambda u: u * float("nan"), "0")], ids=["sqrt", "log", "nan"])
+def test_activation_returning_nan_is_named_not_blamed_on_overflow(fn, where):
+    """Issue 13: an ``nk.Activation(fn)`` returning NaN made the kernel NaN, and the error blamed overflow and
+    w_std. Now it names the activation and the finite pre-activation where σ returned NaN (the smallest in
+    magnitude of the probes 0, ±10^k)."""
+    arch = nk.Serial(nk.Dense(8), nk.Activation(fn, name="mine"), nk.Dense(1))
+    for call in (lambda: arch.kernel(X), lambda: arch.kernel_diagonal(X)):
+        with pytest.raises(ValueError, match=rf"not from overflow: the activation Activation\(mine, degree=128\) "
+                                             rf"\(layer 1 of the flattened architecture\) returned NaN for the finite "
+                                             rf"pre-activation u = {where}"):
+            call()
+    images = nk.Serial(nk.Conv2d(2, 3), nk.Activation(fn, name="mine"), nk.GlobalAvgPool(), nk.Dense(1))
+    with pytest.raises(ValueError, match=r"returned NaN for the finite pre-activation"):
+        images.kernel(torch.randn(2, 1, 5, 5))
 
 
 def test_request_too_big_for_memory_is_refused_with_an_estimate():

@@ -17,8 +17,8 @@ from .._validation import as_input_tensor, check_finite
 from ..layers.base import Layer
 
 __all__ = ["as_targets", "as_cost_targets", "CostTargets", "as_cross_kernel", "as_outputs", "as_times",
-           "check_learning_rate", "output_dtype", "finite_or_raise", "check_module", "check_architecture",
-           "as_model_input"]
+           "check_learning_rate", "check_positive_number", "output_dtype", "finite_or_raise", "check_module",
+           "check_architecture", "as_model_input"]
 
 
 def as_targets(y, n: int, name: str = "y_train") -> tuple[torch.Tensor, bool]:
@@ -138,6 +138,11 @@ def as_times(t, name: str = "t", *, allow_inf: bool = True, why_finite: str = ""
 
 def check_learning_rate(value, name: str = "learning_rate") -> float:
     """A finite, strictly positive learning rate η."""
+    return check_positive_number(value, name)
+
+
+def check_positive_number(value, name: str) -> float:
+    """A finite, strictly positive real number (a learning rate, an ODE tolerance), as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number; got {value!r}")
     value = float(value)

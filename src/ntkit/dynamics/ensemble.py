@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memory import check_fits
-from .._validation import as_input_tensor, check_pair
+from .._validation import as_input_tensor, check_pair, refuse_half_precision
 from ._checks import as_targets, as_times, check_architecture, check_learning_rate, finite_or_raise
 from .gradient_flow import GradientFlow
 
@@ -71,9 +71,10 @@ def ensemble_prediction(arch, x_train, y_train, x_test, t, *, learning_rate: flo
     check_architecture(arch)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}")
-    x_train = as_input_tensor(x_train, "x_train", ndim=2)
-    x_test = as_input_tensor(x_test, "x_test", ndim=2)
-    x_train, x_test = check_pair(x_train, x_test)
+    x_train = refuse_half_precision(as_input_tensor(x_train, "x_train", ndim=2), "x_train")
+    x_test = refuse_half_precision(as_input_tensor(x_test, "x_test", ndim=2), "x_test")
+    x_train, x_test = check_pair(x_train, x_test, ("x_train", "x_test"))
+    arch._check_kernel_input(x_train, "x_train")  # before the two are joined into one kernel call's x1
     n, m = x_train.shape[0], x_test.shape[0]
     y, squeeze = as_targets(y_train, n)
     eta = check_learning_rate(learning_rate)

@@ -10,19 +10,30 @@ With the train-train kernel Θ = V diag(λ) Vᵀ and r_0 = f_0(X) − y (Lee et 
     training residual   f_t(X) − y = V diag(e^{−ηλ_i t/N}) Vᵀ r_0
     test outputs        f_t(x*)    = f_0(x*) − Θ(x*, X) V diag(φ_i(t)) Vᵀ r_0,   φ_i(t) = (1 − e^{−ηλ_i t/N}) / λ_i
 
-(φ_i(t) → ηt/N as λ_i → 0, so finite times need no inverse; t = ∞ needs λ_min > 0.) After the eigendecomposition
-every time point costs matrix products only: O(N²·O) for V·(φ ⊙ Vᵀ r_0) and O(M·N·O) for the test kernel.
+(φ_i(t) is computed as −expm1(−ηλ_i t/N)/λ_i, so finite times need no inverse; t = ∞ needs λ_min > 0.) After the
+eigendecomposition every time point costs matrix products only: O(N²·O) for V·(φ ⊙ Vᵀ r_0) and O(M·N·O) for the
+test kernel.
+
+Rank-deficient kernels (duplicated points, N larger than the feature dimension): eigenvalues with
+|λ_i| ≤ N·eps·max|λ| (``Eigendecomposition.tolerance``, the threshold ``nk.spectrum.check_positive_definite`` and the
+t = ∞ check use too) are rounding, not spectrum, and are set to exactly 0. Their components neither decay nor grow
+(e^{0} = 1: the loss is non-increasing in t), and they carry no dual coefficient (φ_i = 0): for a positive
+semi-definite kernel a null vector v of Θ(X, X) has Θ(x*, X) v = 0 at every x* (the joint Gram on X ∪ {x*} is PSD),
+so this is the exact flow with the minimum-norm α_t, and rounding in Θ(x*, X) v is not amplified by t.
+Integrating them instead (λ_i ≈ −1e-16 as growth, φ_i = ηt/N) made the loss rise with t and
+``test_outputs(t, Θ(X, X))`` drift from ``train_outputs(t)`` in proportion to t.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from .._memory import check_fits
 from .._validation import check_nonnegative_float
-from ..spectrum import as_symmetric_kernel, decompose
+from ..spectrum import Eigendecomposition, as_symmetric_kernel, decompose
 from ._checks import (as_cross_kernel, as_outputs, as_targets, as_times, check_learning_rate, finite_or_raise,
                       output_dtype)
 
@@ -42,7 +53,8 @@ class GradientFlow:
     from Lanczos actions of e^{−τA} and φ_t(A) (``ntkit.operators.krylov_flow``; no eigendecomposition).
 
     Args:
-        ntk_train_train: (N, N) symmetric kernel Θ(X, X) (the NTK; any PSD kernel works).
+        ntk_train_train: (N, N) symmetric kernel Θ(X, X) (the NTK; any PSD kernel works; an indefinite one is
+            computed at finite t with a RuntimeWarning naming its most negative eigenvalue).
         y_train: (N,) or (N, O) targets. Results drop the O axis when y is (N,).
         learning_rate: η > 0.
         diag_reg: ridge added to the train-train kernel, scaled by its mean diagonal:
@@ -78,8 +90,12 @@ class GradientFlow:
         self._device = kernel.device
         self.regularization = self.diag_reg * float(torch.diagonal(kernel).double().mean())
         # Θ + rI has Θ's eigenvectors and eigenvalues λ + r.
-        self.eig = decompose(kernel, shift=self.regularization, hint="Use fewer training points (or a "
-                             "random-features / low-rank approximation of the kernel).")
+        eig = decompose(kernel, shift=self.regularization, hint="Use fewer training points (or a "
+                        "random-features / low-rank approximation of the kernel).")
+        # Eigenvalues within rounding of zero are zero for the flow (see the module docstring).
+        values = torch.where(eig.values.abs() <= eig.tolerance, torch.zeros_like(eig.values), eig.values)
+        self.eig = Eigendecomposition(values, eig.vectors, eig.dtype)
+        self._warn_if_indefinite()
         self._y = y.to(torch.float64)
         self._initial_residual = self.eig.vectors.T @ (-self._y)  # Vᵀ(f_0 − y) for the default f_0 = 0
 
@@ -94,7 +110,8 @@ class GradientFlow:
 
     @property
     def eigenvalues(self) -> torch.Tensor:
-        """λ of the (regularised) train-train kernel, float64, descending."""
+        """λ of the (regularised) train-train kernel, float64, descending; those within the rounding tolerance
+        N·eps·max|λ| of zero are exactly 0."""
         return self.eig.values
 
     @property
@@ -228,19 +245,36 @@ class GradientFlow:
             f"(numerical zero tolerance {tol:.3g}): the residual along that direction never decays and Θ⁻¹ does "
             f"not exist. To reach the t = inf limit, {advice}, or evaluate a finite time t.")
 
+    def _warn_if_indefinite(self) -> None:
+        """Warn once, here, when the kernel has an eigenvalue below −tolerance: finite times are still computed
+        (the ODE is defined), but the residual grows along that direction like e^{|λ|ηt/N}."""
+        lam_min, lam_max, tol = float(self.eig.values[-1]), float(self.eig.values[0]), self.eig.tolerance
+        if lam_min >= -tol:
+            return
+        relative = f" = {lam_min / lam_max:.3g} x the largest ({lam_max:.3g})" if lam_max > 0 else ""
+        warnings.warn(
+            f"GradientFlow: ntk_train_train is not positive semi-definite: its most negative eigenvalue is "
+            f"{lam_min:.3g}{relative}, beyond the rounding tolerance {tol:.3g} (N x eps x max|eigenvalue|). "
+            f"Gradient flow grows the residual along it like exp({-lam_min:.3g}·ηt/N) instead of shrinking it. An NTK "
+            "or NNGP is PSD: check how the kernel was computed (nk.spectrum.check_positive_definite), or add "
+            "diag_reg > 0.", RuntimeWarning, stacklevel=3)
+
     def _decay(self, times: torch.Tensor) -> torch.Tensor:
         """(T, N) e^{−ηλ_i t/N}; 0 at t = inf (only reached for a positive definite kernel)."""
         exponent = -self.rates[None, :] * times[:, None]
         return torch.where(torch.isinf(times)[:, None], torch.zeros_like(exponent), torch.exp(exponent))
 
     def _phi(self, times: torch.Tensor) -> torch.Tensor:
-        """(T, N) φ_i(t) = (1 − e^{−ηλ_i t/N})/λ_i, with its limit ηt/N at λ_i = 0 and 1/λ_i at t = inf."""
+        """(T, N) φ_i(t) = (1 − e^{−ηλ_i t/N})/λ_i = −expm1(−ηλ_i t/N)/λ_i (no cancellation for small ηλ_i t/N),
+        1/λ_i at t = inf, and 0 on the numerical null space λ_i = 0 (the minimum-norm dual coefficients: those
+        components contribute Θ(x*, X) v_i = 0 to every output; see the module docstring)."""
         lam = self.eig.values[None, :]
         scaled_t = (self.learning_rate / self.n_train) * times[:, None]
         finite_t = torch.where(torch.isinf(scaled_t), torch.zeros_like(scaled_t), scaled_t)
-        safe_lam = torch.where(lam == 0, torch.ones_like(lam), lam)
-        phi = torch.where(lam == 0, finite_t.expand(-1, lam.shape[1]), -torch.expm1(-lam * finite_t) / safe_lam)
-        return torch.where(torch.isinf(scaled_t), (1.0 / safe_lam).expand_as(phi), phi)
+        null = lam == 0
+        safe_lam = torch.where(null, torch.ones_like(lam), lam)
+        phi = torch.where(null, torch.zeros_like(lam), -torch.expm1(-lam * finite_t) / safe_lam)
+        return torch.where(torch.isinf(scaled_t) & ~null, (1.0 / safe_lam).expand_as(phi), phi)
 
     def _residual0(self, f0_train) -> tuple[torch.Tensor, torch.dtype]:
         """Vᵀ(f_0(X) − y) in float64 (N, O), and the dtype results should take."""

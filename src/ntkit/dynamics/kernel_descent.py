@@ -23,7 +23,7 @@ from scipy.integrate import solve_ivp
 from .._validation import as_input_tensor
 from ..spectrum import as_symmetric_kernel
 from ._checks import (as_cost_targets, as_cross_kernel, as_outputs, as_times, check_learning_rate,
-                      finite_or_raise)
+                      check_positive_number, finite_or_raise)
 
 __all__ = ["kernel_gradient_descent", "KernelDescentResult", "COSTS", "resolve_cost", "mse_cost",
            "cross_entropy_cost", "logistic_cost"]
@@ -96,7 +96,8 @@ def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, t
         f0_train, f0_test: outputs at t = 0 ((N,)/(N, O) and (M,)/(M, O)); None means 0.
         learning_rate: η > 0.
         method, rtol, atol: passed to ``solve_ivp`` (default: 8th-order Dormand–Prince, tight tolerances; use
-            "Radau" or "LSODA" for stiff problems, i.e. very long times with ill-conditioned kernels).
+            "Radau" or "LSODA" for stiff problems, i.e. very long times with ill-conditioned kernels). rtol and
+            atol must be finite positive numbers (scipy would only warn about others and substitute its own).
 
     Returns:
         ``KernelDescentResult`` with train (and test) outputs and costs at each time, in the outputs' dtype.
@@ -109,6 +110,8 @@ def kernel_gradient_descent(kernel_train_train, y_train, cost: str | Callable, t
                               classes=None if f0_user is None else 1 if f0_user.ndim == 1 else f0_user.shape[-1])
     o, y_for_cost = targets.outputs, targets.for_cost.to(device)
     eta = check_learning_rate(learning_rate)
+    # solve_ivp only warns about a non-positive tolerance (and then integrates with its own floor)
+    rtol, atol = check_positive_number(rtol, "rtol"), check_positive_number(atol, "atol")
     times_t, scalar = as_times(times, "times", allow_inf=False,
                                why_finite="the ODE is integrated up to the largest time; for MSE at t = inf use "
                                           "nk.GradientFlow")

@@ -141,8 +141,10 @@ def evaluate_diagonal(arch, x: torch.Tensor, *, get: tuple[str, ...]) -> Kernel:
 def _check_no_overflow(out: torch.Tensor | None, name: str, arch) -> None:
     """Refuse a kernel that left the dtype's range instead of returning inf or NaN.
 
-    The inputs are checked finite before any work, so a non-finite entry can only come from overflow: the kernels
-    grow like w_std^(2L) and with |x|²/n0, and inf − inf or 0·inf then turns into NaN further down the recursion."""
+    The inputs are checked finite before any work, so a non-finite entry comes from overflow (the kernels grow like
+    w_std^(2L) and with |x|²/n0, and inf − inf or 0·inf then turns into NaN further down the recursion) or from an
+    activation that returns NaN at a finite pre-activation (``nk.Activation(torch.sqrt)``): the latter is looked
+    for first, on this failure path only, and named."""
     if out is None or out.numel() == 0:
         return
     # min and max are finite exactly when every entry is (NaN propagates through both): one fused reduction,
@@ -151,10 +153,40 @@ def _check_no_overflow(out: torch.Tensor | None, name: str, arch) -> None:
     if bool(torch.isfinite(low) & torch.isfinite(high)):
         return
     count = int((~torch.isfinite(out)).sum())
+    culprit = _activation_returning_nan(arch, out.dtype, out.device)
+    if culprit is not None:
+        raise ValueError(f"the infinite-width {name} of {arch!r} has {count} NaN/inf entries, not from overflow: "
+                         f"{culprit}")
     raise FloatingPointError(
         f"the infinite-width {name} of {arch!r} overflowed {out.dtype} ({count} non-finite entries): the kernel "
         "grows like w_std^(2·layers) and with |x|²/n0. Use smaller w_std / b_std, fewer layers, standardised "
         "inputs, or float64 inputs.")
+
+
+def _activation_returning_nan(arch, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why an activation of ``arch`` makes its kernel NaN, or None: σ or σ' evaluated at finite pre-activations
+    (0 and ±10^k, k = −8 … 8 in steps of 0.1: quadrature visits √q·z for nodes z up to ~±15 and any variance q)
+    returns NaN there."""
+    from ..layers.activations import Activation  # here: ntkit.layers imports this module's package
+
+    magnitudes = torch.logspace(-8, 8, 161, dtype=torch.float64)
+    probe = torch.cat([torch.zeros(1, dtype=torch.float64), magnitudes, -magnitudes]).to(dtype=dtype, device=device)
+    for position, layer in enumerate(arch.flatten()):
+        if not isinstance(layer, Activation):
+            continue
+        for what, fn in (("returned", layer.fn), ("has a derivative that returned", layer.derivative)):
+            try:
+                values = fn(probe.clone())
+            except Exception:  # σ cannot even be probed so: leave the diagnosis to the overflow message
+                continue
+            if isinstance(values, torch.Tensor) and values.shape == probe.shape and bool(torch.isnan(values).any()):
+                bad = probe[torch.isnan(values)]
+                u = float(bad[bad.abs().argmin()])
+                return (f"the activation {layer!r} (layer {position} of the flattened architecture) {what} NaN for the "
+                        f"finite pre-activation u = {u:g}. The kernel rule averages σ over Gaussian pre-activations, "
+                        "which take every real value: σ must be finite on the whole real line (e.g. "
+                        "torch.sqrt(u.abs()) rather than torch.sqrt(u); clamp u before a log).")
+    return None
 
 
 def _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile: int) -> None:

@@ -12,6 +12,8 @@ quadrature and Mehler's series (:mod:`ntkit.kernels.quadrature`); the named subc
 
 from __future__ import annotations
 
+import math
+import numbers
 from functools import partial
 from typing import Callable
 
@@ -196,8 +198,10 @@ class LeakyReLU(_Rectified):
     """σ(u) = max(u, 0) + s·min(u, 0) with s = ``negative_slope``."""
 
     def __init__(self, negative_slope: float = 0.01):
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
             raise TypeError(f"negative_slope must be a real number; got {negative_slope!r}")
+        if not math.isfinite(negative_slope):  # NaN would surface later as a kernel "overflow"
+            raise ValueError(f"negative_slope must be a finite real number; got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
         self.slopes = (1.0, self.negative_slope)
         super().__init__(partial(F.leaky_relu, negative_slope=self.negative_slope), "leaky_relu")

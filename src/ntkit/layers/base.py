@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .._threads import intra_op_threads, kernel_work
-from .._validation import as_input_tensor, check_pair, check_positive_int
+from .._validation import as_input_tensor, check_pair, check_positive_int, refuse_half_precision
 from ..kernels.kernel import Kernel, KernelState
 from ..kernels.spatial import input_covariance, to_form
 
@@ -344,9 +344,9 @@ class Serial(Layer):
         from ..kernels.spatial_evaluate import evaluate_spatial
 
         names = parse_get(get)
-        x1 = as_input_tensor(x1, "x1", ndim=(2, 3, 4))
+        x1 = refuse_half_precision(as_input_tensor(x1, "x1", ndim=(2, 3, 4)), "x1")
         if x2 is not None:
-            x2 = as_input_tensor(x2, "x2", ndim=(2, 3, 4))
+            x2 = refuse_half_precision(as_input_tensor(x2, "x2", ndim=(2, 3, 4)), "x2")
             x1, x2 = check_pair(x1, x2)
         self._check_kernel_input(x1, "x1")
         with intra_op_threads(kernel_work(x1, len(x1) if x2 is None else len(x2), len(self.flatten())), x1.device):
@@ -366,7 +366,7 @@ class Serial(Layer):
         from ..kernels.spatial_evaluate import evaluate_spatial_diagonal
 
         names = parse_get(get)
-        x = as_input_tensor(x, "x", ndim=(2, 3, 4))
+        x = refuse_half_precision(as_input_tensor(x, "x", ndim=(2, 3, 4)), "x")
         self._check_kernel_input(x, "x")
         with intra_op_threads(kernel_work(x, 1, len(self.flatten())), x.device):
             if x.ndim == 2:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._memory import available_bytes, check_fits, format_bytes
-from .._validation import as_input_tensor, check_pair
+from .._validation import as_input_tensor, check_pair, refuse_half_precision
 from ..layers.base import Layer
 
 __all__ = ["KernelOperator"]
@@ -61,9 +61,9 @@ class KernelOperator:
         if get not in KINDS:
             raise ValueError(f"get must be one of {KINDS}; got {get!r}")
         self.arch, self.get, self.progress = arch, get, progress
-        self.x1 = as_input_tensor(x1, "x1", ndim=(2, 3, 4))
+        self.x1 = refuse_half_precision(as_input_tensor(x1, "x1", ndim=(2, 3, 4)), "x1")
         self.symmetric = x2 is None
-        self.x2 = self.x1 if x2 is None else as_input_tensor(x2, "x2", ndim=(2, 3, 4))
+        self.x2 = self.x1 if x2 is None else refuse_half_precision(as_input_tensor(x2, "x2", ndim=(2, 3, 4)), "x2")
         if not self.symmetric:
             self.x1, self.x2 = check_pair(self.x1, self.x2)
         self.shape = (self.x1.shape[0], self.x2.shape[0])
