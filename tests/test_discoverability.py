@@ -37,3 +37,27 @@ def test_spectrum_namespace_lists_its_public_names_only():
     names = dir(nk.spectrum)
     assert "math" not in names and "torch" not in names
     assert set(nk.spectrum.__all__) <= set(names)
+
+
+PUBLIC_MODULES = ["ntkit", "ntkit.layers", "ntkit.kernels", "ntkit.dynamics", "ntkit.empirical", "ntkit.sklearn",
+                  "ntkit.operators", "ntkit.data", "ntkit.experiments", "ntkit.spectrum"]
+HELPERS = {"math", "numbers", "torch", "np", "numpy", "nn", "F", "annotations", "import_module", "partial",
+           "dataclass", "warnings", "Path"}
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_module_namespaces_list_their_public_names_only(name):
+    """Issue 13: dir() of a public module lists what it offers (its __all__, and a package's subpackages), not
+    the modules and helpers it imports (math, torch, import_module, from __future__'s annotations)."""
+    import importlib
+    import types
+
+    module = importlib.import_module(name)
+    names = [n for n in dir(module) if not n.startswith("_")]
+    public = set(module.__all__)
+    assert public <= set(names), public - set(names)
+    assert not HELPERS & set(names), HELPERS & set(names)
+    for n in names:
+        value = getattr(module, n)  # every listed name resolves, the lazily imported ones included
+        is_submodule = isinstance(value, types.ModuleType) and value.__name__.startswith(name + ".")
+        assert n in public or is_submodule, f"{name}.{n} is listed by dir() but is not public"

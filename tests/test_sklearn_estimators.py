@@ -178,6 +178,43 @@ def test_errors_as_scikit_learn_users_expect():
     assert np.isfinite(NTKRegressor(diag_reg=0.0, t=10.0).fit(duplicated, np.append(y, y[0])).predict(x)).all()
 
 
+def test_three_dimensional_targets_and_complex_inputs_get_named_errors():
+    """Issue 13: 3-D y got sklearn's "Found array with dim 3" (naming neither y nor the shape expected) and complex X
+    a message that printed the whole array; the GP kernels silently dropped X's imaginary part."""
+    x, y, _ = regression_data(outputs=1)
+    cube = np.repeat(y[:, :, None], 2, axis=2)
+    with pytest.raises(ValueError, match=r"NTKRegressor: y must be targets of shape \(n_samples,\) or "
+                                         r"\(n_samples, n_outputs\); got a 3-D array of shape \(\d+, 1, 2\)"):
+        NTKRegressor().fit(x, cube)
+    with pytest.raises(ValueError, match=r"NTKClassifier: y must be class labels of shape \(n_samples,\); got a "
+                                         r"3-D array"):
+        NTKClassifier().fit(x, (cube > 0).astype(int))
+    for estimator, target in ((NTKRegressor(), y[:, 0]), (NTKClassifier(), (y[:, 0] > 0).astype(int))):
+        name = type(estimator).__name__
+        with pytest.raises(ValueError, match=rf"{name}: X has complex dtype complex128. Complex data not "
+                                             "supported: the NTK and NNGP are defined for real inputs"):
+            estimator.fit(x + 1j, target)
+        fitted = estimator.fit(x, target)
+        with pytest.raises(ValueError, match=rf"{name}: X has complex dtype"):
+            fitted.predict(x.astype(np.complex64))
+    with pytest.raises(ValueError, match="NTKRegressor: y has complex dtype"):
+        NTKRegressor().fit(x, y + 1j)
+    svm = NTKClassifier(solver="svm").fit(x, (y[:, 0] > 0).astype(int))
+    with pytest.raises(ValueError, match="NTKClassifier: X has complex dtype"):
+        svm.decision_function(x + 0j)
+
+
+def test_half_precision_inputs_are_converted_to_float64_as_in_scikit_learn():
+    """The README's convention for ntkit.sklearn: every dtype becomes float64 (scikit-learn's rule), float16
+    included, so an estimator fitted on float16 X equals one fitted on the same values in float64."""
+    x, y, _ = regression_data(outputs=1)
+    half = x.astype(np.float16)
+    low = NTKRegressor().fit(half, y[:, 0]).predict(half)
+    high = NTKRegressor().fit(half.astype(np.float64), y[:, 0]).predict(half.astype(np.float64))
+    assert low.dtype == np.float64
+    np.testing.assert_array_equal(low, high)
+
+
 @pytest.mark.parametrize("params,message", [
     ({"kernel": "rbf"}, "kernel must be one of"),
     ({"t": -1.0}, "t must be a non-negative finite number"),

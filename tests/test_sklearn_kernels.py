@@ -166,3 +166,12 @@ def test_bad_inputs():
         kernel(np.ones((2, 2)), np.ones((2, 2)), eval_gradient=True)
     with pytest.raises(ValueError, match="X has 2 features but Y has 3"):
         kernel(np.ones((2, 2)), np.ones((2, 3)))
+    # Issue 13: complex data was cast to float64 with only numpy's ComplexWarning, dropping the imaginary part.
+    for call in (lambda: kernel(np.ones((2, 2)) + 1j), lambda: kernel(np.ones((2, 2)), np.ones((2, 2)) + 1j),
+                 lambda: kernel(np.ones((2, 2)) + 1j, eval_gradient=True), lambda: kernel.diag(np.ones((2, 2)) + 1j)):
+        with pytest.raises(ValueError, match=r"NNGP: [XY] has complex dtype complex128. Complex data not "
+                                             "supported: the NTK and NNGP are defined for real inputs"):
+            call()
+    # float16 is converted to float64, as scikit-learn converts every dtype: the same values, the same kernel.
+    half = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float16)
+    np.testing.assert_array_equal(kernel(half), kernel(half.astype(np.float64)))

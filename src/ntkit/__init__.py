@@ -45,14 +45,20 @@ _LAZY = {
 }
 
 
+# Subpackages reachable as attributes (nk.layers.ACTIVATION_NAMES, nk.dynamics.GradientFlow), loaded on first use;
+# listed by dir(nk) but not in __all__, so `from ntkit import *` stays light.
+_SUBPACKAGES = ("layers", "kernels", "dynamics", "empirical", "operators", "experiments")
+
+
 def __dir__():
-    """The eagerly and the lazily imported public names (``dir(nk)`` lists ``empirical_ntk``, ``train``, ...)."""
-    return sorted(set(globals()) | set(__all__))
+    """The public names, eagerly or lazily imported (``dir(nk)`` lists ``empirical_ntk``, ``train``, ...), and the
+    subpackages; not the helpers this module imports (``import_module``)."""
+    return sorted({*__all__, *_SUBPACKAGES})
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        module = import_module(_LAZY[name])
+    if name in _LAZY or name in _SUBPACKAGES:
+        module = import_module(_LAZY.get(name, f"ntkit.{name}"))
         value = module if module.__name__ == f"ntkit.{name}" else getattr(module, name)
         globals()[name] = value
         return value

@@ -14,3 +14,8 @@ from .real import DATASETS, SKLEARN_DATASETS, digits, load, mnist5k, mnist5k_spl
 from .synthetic import circle
 
 __all__ = ["circle", "mnist5k", "mnist5k_split", "digits", "sklearn_dataset", "load", "DATASETS", "SKLEARN_DATASETS"]
+
+
+def __dir__():
+    """The public names (``__all__``) only: not the submodules and helpers this package imports."""
+    return sorted(__all__)

@@ -22,3 +22,8 @@ from .train import TrainingResult, train
 __all__ = ["GradientFlow", "kernel_gradient_descent", "KernelDescentResult", "COSTS", "ensemble_prediction",
            "EnsemblePrediction", "linearize", "LinearizedModel", "train", "TrainingResult", "nngp_features",
            "ntk_features", "random_features_kernel", "RandomFeatureModel"]
+
+
+def __dir__():
+    """The public names (``__all__``) only: not the submodules and helpers this package imports."""
+    return sorted(__all__)

@@ -31,3 +31,8 @@ def experiment(name: str):
     if name not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}; got {name!r}")
     return import_module(EXPERIMENTS[name])
+
+
+def __dir__():
+    """The public names (``__all__``) only: not the submodules and helpers this package imports."""
+    return sorted(__all__)

@@ -4,3 +4,8 @@ from . import dual, quadrature
 from .kernel import Kernel, KernelState
 
 __all__ = ["Kernel", "KernelState", "dual", "quadrature"]
+
+
+def __dir__():
+    """The public names (``__all__``) only: not the submodules and helpers this package imports."""
+    return sorted(__all__)

@@ -15,3 +15,8 @@ from .residual import Residual, ResidualModule
 __all__ = ["Layer", "Serial", "Signature", "Dense", "DenseModule", "mlp", "Conv1d", "Conv2d", "ConvModule",
            "AvgPool1d", "AvgPool2d", "GlobalAvgPool", "Flatten", "myrtle", "cnn", "Residual", "ResidualModule", "LayerNorm", "LayerNormModule", "SelfAttention", "SelfAttentionModule", "Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU",
            "Sin", "Cos", "Identity", "Tanh", "Sigmoid", "Softplus", "activation_from_name", "ACTIVATION_NAMES"]
+
+
+def __dir__():
+    """The public names (``__all__``) only: not the submodules and helpers this package imports."""
+    return sorted(__all__)

@@ -7,3 +7,8 @@ from .solvers import SolveReport, conjugate_gradient
 
 __all__ = ["KernelOperator", "SolveReport", "conjugate_gradient", "falkon", "FalkonModel", "LowRankPreconditioner", "nystrom",
            "pivoted_cholesky"]
+
+
+def __dir__():
+    """The public names (``__all__``) only: not the submodules and helpers this package imports."""
+    return sorted(__all__)

@@ -19,3 +19,8 @@ def __getattr__(name):
         from . import estimators
         return getattr(estimators, name)
     raise AttributeError(f"module 'ntkit.sklearn' has no attribute {name!r}")
+
+
+def __dir__():
+    """The public names (``__all__``) only: not the submodules and helpers this package imports."""
+    return sorted(__all__)

@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._memory import available_bytes
 from .._validation import resolve_device
-from .kernels import as_tensor, resolve_architecture, shaped
+from .kernels import as_tensor, check_real, resolve_architecture, shaped
 
 __all__ = ["NTKRegressor", "NTKClassifier"]
 
@@ -39,6 +39,15 @@ LINEAR_SOLVERS = ("auto", "cholesky", "cg", "nystrom")
 # conjugate gradients up to CG_MAX_N, Falkon beyond (a CG product recomputes N² kernel entries per iteration).
 DENSE_MAX_N = 20_000
 CG_MAX_N = 50_000
+
+
+def _check_targets_ndim(y, owner: str, expected: str, max_ndim: int) -> None:
+    """Name y and the expected shape for targets of too many axes (sklearn's message names neither)."""
+    shape = getattr(y, "shape", None)
+    if shape is None and isinstance(y, (list, tuple)):
+        shape = np.asarray(y).shape
+    if shape is not None and len(shape) > max_ndim:  # other containers: sklearn's validation judges them
+        raise ValueError(f"{owner}: y must be {expected}; got a {len(shape)}-D array of shape {tuple(shape)}")
 
 
 def _check_positive(value, name: str, owner: str, *, allow_zero: bool = False, allow_inf: bool = False) -> float:
@@ -192,8 +201,9 @@ class _KernelMachine(BaseEstimator):
         from ..operators import KernelOperator
 
         check_is_fitted(self, "dual_coef_")
-        x = validate_data(self, X, reset=False, dtype=np.float64)
         owner = type(self).__name__
+        check_real(X, "X", owner)
+        x = validate_data(self, X, reset=False, dtype=np.float64)
         device = resolve_device(self.device, f"{owner}: device")
         test = shaped(as_tensor(x), self.input_shape, owner).to(device)
         support = shaped(as_tensor(getattr(self, "support_", self.X_fit_)), self.input_shape, owner).to(device)
@@ -214,7 +224,9 @@ class NTKRegressor(RegressorMixin, _KernelMachine):
     Args:
         hidden_layers: number of activations (Jacot's L = hidden_layers + 1).
         activation: name from ``ntkit.layers.ACTIVATION_NAMES``.
-        w_std, b_std: weight and bias standard deviations of the NTK parameterisation.
+        w_std, b_std: weight and bias standard deviations of the NTK parameterisation; the defaults 1.0 and 0.1 are
+            ``nk.mlp``'s and the GP kernels' (Jacot et al.'s β = 0.1: a bias keeps the kernel positive definite on
+            inputs along one ray through the origin, where a bias-free ReLU kernel is singular).
         kernel: "ntk" (all layers trained) or "nngp" (only the readout trained / Bayesian posterior mean).
         t: training time in gradient-descent steps of size ``learning_rate`` (0 ≤ t ≤ inf).
         learning_rate: η (> 0); only the product η·t matters.
@@ -248,6 +260,9 @@ class NTKRegressor(RegressorMixin, _KernelMachine):
     def fit(self, X, y):
         """Fit to X (N, d) and y (N,) or (N, O)."""
         self._check_params()
+        check_real(X, "X", "NTKRegressor")
+        _check_targets_ndim(y, "NTKRegressor", "targets of shape (n_samples,) or (n_samples, n_outputs)", 2)
+        check_real(y, "y", "NTKRegressor")
         x, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         self._y_ndim = y.ndim
@@ -298,6 +313,9 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
         if self.solver not in (*self._solver_names(), "regression"):  # named before any work
             raise ValueError(f"NTKClassifier: solver must be one of {self._solver_names()}; got {self.solver!r}")
         _check_positive(self.C, "C", "NTKClassifier")
+        check_real(X, "X", "NTKClassifier")
+        # 2-D stays sklearn's to judge: a (n_samples, 1) column is accepted with a DataConversionWarning
+        _check_targets_ndim(y, "NTKClassifier", "class labels of shape (n_samples,)", 2)
         x, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
@@ -317,6 +335,7 @@ class NTKClassifier(ClassifierMixin, _KernelMachine):
     def _scores(self, X) -> np.ndarray:
         """(M, K) class scores: network outputs f_t(x*) (regression) or SVC's one-vs-rest decision values."""
         if hasattr(self, "svc_"):  # fitted with solver="svm"
+            check_real(X, "X", "NTKClassifier")
             x = validate_data(self, X, reset=False, dtype=np.float64)
             decision = self.svc_.decision_function(self._kernel(x, self.X_fit_).cpu().numpy())
             return np.stack([-decision / 2, decision / 2], axis=1) if decision.ndim == 1 else decision

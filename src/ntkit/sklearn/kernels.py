@@ -80,8 +80,22 @@ def shaped(x: torch.Tensor, input_shape, owner: str) -> torch.Tensor:
     return x.reshape(x.shape[0], *input_shape)
 
 
-def as_float64_inputs(X, name: str) -> torch.Tensor:
-    """A (N, d) float64 tensor from what sklearn passes a kernel (a 2-D array)."""
+def check_real(X, name: str, owner: str) -> None:
+    """Refuse complex data before a float64 conversion silently drops its imaginary part (sklearn's own check prints
+    the whole array). Arrays and lists are checked here; other containers are left to sklearn's validation."""
+    dtype = getattr(X, "dtype", None)
+    if dtype is None and isinstance(X, (list, tuple)):
+        dtype = np.asarray(X).dtype
+    if isinstance(dtype, np.dtype) and dtype.kind == "c":
+        raise ValueError(f"{owner}: {name} has complex dtype {dtype}. Complex data not supported: the NTK and NNGP "
+                         f"are defined for real inputs (use {name}.real, or the real and imaginary parts as "
+                         "separate features)")
+
+
+def as_float64_inputs(X, name: str, owner: str = "ntkit.sklearn") -> torch.Tensor:
+    """A (N, d) float64 tensor from what sklearn passes a kernel (a 2-D real array). Every dtype is converted to
+    float64, as scikit-learn does (float16 included); complex data is refused."""
+    check_real(X, name, owner)
     array = np.asarray(X, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features); got shape {array.shape}")
@@ -146,14 +160,14 @@ class _FullyConnectedKernel(Kernel):
     def __call__(self, X, Y=None, eval_gradient=False):
         """k(X, Y), shape (n_X, n_Y); with ``eval_gradient`` (Y must be None) also ∂k/∂theta, (n_X, n_X, n_free)."""
         self._check()
-        x = as_float64_inputs(X, "X")
+        x = as_float64_inputs(X, "X", type(self).__name__)
         if eval_gradient:
             if Y is not None:
                 raise ValueError("Gradient can only be evaluated when Y is None.")
             if self.architecture is not None:  # no free hyperparameters: the gradient has no columns
                 return self(X), np.empty((x.shape[0], x.shape[0], 0))
             return self._value_and_gradient(x)
-        y = None if Y is None else as_float64_inputs(Y, "Y")
+        y = None if Y is None else as_float64_inputs(Y, "Y", type(self).__name__)
         if y is not None and y.shape[1] != x.shape[1]:
             raise ValueError(f"X has {x.shape[1]} features but Y has {y.shape[1]}")
         owner = type(self).__name__
@@ -183,7 +197,7 @@ class _FullyConnectedKernel(Kernel):
     def diag(self, X):
         """k(x, x) for each row of X, (n_X,), from the N self-pairs (``arch.kernel_diagonal``), not the n_X² grid."""
         self._check()
-        x = shaped(as_float64_inputs(X, "X"), self.input_shape, type(self).__name__)
+        x = shaped(as_float64_inputs(X, "X", type(self).__name__), self.input_shape, type(self).__name__)
         return self._arch().kernel_diagonal(x, get=self.kind)[self.kind].numpy()
 
     def is_stationary(self):
@@ -209,7 +223,9 @@ class NTK(_FullyConnectedKernel):
     Args:
         hidden_layers: number of activations (Jacot's L = hidden_layers + 1 weight layers).
         activation: a name from ``ntkit.layers.ACTIVATION_NAMES`` ("relu", "erf", "tanh", ...).
-        w_std, b_std: weight and bias standard deviations (hyperparameters; theta holds their logs).
+        w_std, b_std: weight and bias standard deviations (hyperparameters; theta holds their logs). The defaults
+            1.0 and 0.1 are ``nk.mlp``'s (Jacot et al.'s β = 0.1); b_std must be > 0 while it is free, since
+            log 0 = −∞ (``b_std_bounds="fixed"`` allows 0).
         w_std_bounds, b_std_bounds: (low, high) for the optimiser, or "fixed".
         architecture: any ntkit architecture (e.g. ``nk.myrtle(5)``, ``nk.cnn(3)``) instead of the MLP above;
             its layers carry their own w_std and b_std, so the kernel then has no free hyperparameters.
