@@ -61,3 +61,46 @@ def test_public_module_namespaces_list_their_public_names_only(name):
         value = getattr(module, n)  # every listed name resolves, the lazily imported ones included
         is_submodule = isinstance(value, types.ModuleType) and value.__name__.startswith(name + ".")
         assert n in public or is_submodule, f"{name}.{n} is listed by dir() but is not public"
+
+
+def test_one_b_std_default_for_mlp_and_sklearn():
+    """Issue 13: nk.mlp defaulted to b_std = 0 while ntkit.sklearn (and every README example) used 0.1. One default,
+    0.1 (Jacot et al.'s β), documented in nk.mlp, the sklearn docstrings and the README's Conventions."""
+    import inspect
+
+    from ntkit.sklearn import NNGP, NTK, NTKClassifier, NTKRegressor
+
+    defaults = inspect.signature(nk.mlp).parameters
+    assert defaults["b_std"].default == 0.1 and defaults["w_std"].default == 1.0
+    for estimator in (NTK(), NNGP(), NTKRegressor(), NTKClassifier()):
+        assert (estimator.b_std, estimator.w_std) == (0.1, 1.0), type(estimator).__name__
+    # the same kernel, not only the same number: sklearn's default NTK is nk.mlp(3, ...)'s default NTK
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    expected = nk.mlp(3, 8).kernel(torch.from_numpy(x)).ntk.numpy()
+    np.testing.assert_allclose(NTK()(x), expected, rtol=1e-12)
+    for text in (nk.mlp.__doc__, NTK.__doc__, NTKRegressor.__doc__):
+        assert "0.1" in text and "Jacot" in text
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    conventions = readme[readme.index("## Conventions"):]
+    assert "**b_std = 0.1**" in conventions
+
+
+def test_trace_is_documented_as_a_sum_for_the_ntk_and_a_mean_for_the_nngp():
+    """Issue 13: "trace" sums over outputs in empirical_ntk and averages in empirical_nngp. The names stay (API);
+    both docstrings and the README's Conventions give the formulas and point at the other, and the values are
+    what they say."""
+    import pathlib
+
+    assert "SUM" in nk.empirical_ntk.__doc__ and "MEAN" in nk.empirical_ntk.__doc__
+    assert "MEAN" in nk.empirical_nngp.__doc__ and "SUMS" in nk.empirical_nngp.__doc__
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    conventions = readme[readme.index("## Conventions"):]
+    assert "Σ_a Θ_aa(x, x')" in conventions and "(1/O) Σ_a f_a(x) f_a(x')" in conventions
+    net = nk.mlp(1, 16, out_features=3).build(4, seed=0, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    full = nk.empirical_ntk(net, x)
+    torch.testing.assert_close(nk.empirical_ntk(net, x, output="trace"), full.diagonal(dim1=2, dim2=3).sum(-1))
+    outputs = net(x)
+    torch.testing.assert_close(nk.empirical_nngp(net, x, output="trace"), outputs @ outputs.T / 3)

@@ -189,7 +189,7 @@ def test_erf_ntk_has_no_cancellation_at_large_variances():
     of 10066.84 in float32; 2.1e172 for [[1e9, −2e9]] in float64). Expanded as 1 + 2(q1+q2) + 4(q1q2 − c²) it is
     exact for a point with itself: float32 to its rounding, float64 to 1e-12 of the closed form on this point
     (one hidden layer, q = |x|²/2, Θ = Σ₁ + K̇·q with Σ₁ = (2/π) arcsin(2q/(1+2q)))."""
-    arch = nk.mlp(1, 8, activation="erf")
+    arch = nk.mlp(1, 8, activation="erf", b_std=0.0)
     for point, dtype, rtol in (([1e4, -2e4], torch.float32, 2e-6), ([1e4, -2e4], torch.float64, 1e-12),
                                ([1e9, -2e9], torch.float64, 1e-12)):
         q = (point[0] ** 2 + point[1] ** 2) / 2
@@ -203,7 +203,7 @@ def test_gelu_kernels_of_large_inputs_are_computed_not_refused():
     """GELU on inputs of size 1e6 (kernel ~1.8e12): q1 q2 S overflowed float32 and t(1 − r) cancelled; the
     rewritten formulas keep float32 within 1e-6 of float64."""
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)) * 1e6
-    arch = nk.mlp(2, 8, activation="gelu")
+    arch = nk.mlp(2, 8, activation="gelu", b_std=0.0)
     low, high = arch.kernel(x), arch.kernel(x.double())
     for name in ("nngp", "ntk"):
         error = (low[name].double() - high[name]).abs().max() / high[name].abs().max()

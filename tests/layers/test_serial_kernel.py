@@ -25,7 +25,7 @@ def test_relu_diagonal_identity(hidden_layers, dtype, rtol):
     The diagonal is exact because a point's self-correlation is kept at exactly 1 (tolerances: a few ulps)."""
     x = _points(dtype=dtype)
     n0, L = x.shape[1], hidden_layers + 1
-    k = nk.mlp(hidden_layers, 64, activation="relu").kernel(x)
+    k = nk.mlp(hidden_layers, 64, activation="relu", b_std=0.0).kernel(x)
     sq = (x * x).sum(1) / n0
     torch.testing.assert_close(k.nngp.diagonal(), sq / 2 ** (L - 1), rtol=rtol, atol=0)
     torch.testing.assert_close(k.ntk.diagonal(), L * sq / 2 ** (L - 1), rtol=rtol, atol=0)
@@ -187,7 +187,7 @@ def test_relu_kernels_of_tiny_and_huge_variances_keep_float32(scale, depth, w_st
     float32 although 6e-27 is representable) or overflowed (inputs of size 1e12: refused, though the kernel is
     ~5e23). With √q1·√q2 float32 stays within 1e-6 of float64 and the diagonal keeps ρ = 1 exactly."""
     x = torch.randn(4, 10, generator=torch.Generator().manual_seed(0)) * scale
-    arch = nk.mlp(depth, 16, activation="relu", w_std=w_std)
+    arch = nk.mlp(depth, 16, activation="relu", w_std=w_std, b_std=0.0)
     low, high = arch.kernel(x), arch.kernel(x.double())
     for name in ("nngp", "ntk"):
         assert float(low[name].abs().max()) > 0
@@ -201,11 +201,11 @@ def test_sin_and_cos_kernels_are_stable_at_tiny_and_aligned_correlations():
     kernel(x, x.clone()) overflowed where kernel(x) was finite. Now float32 keeps 1e-6 of float64 on the first,
     and the two calls agree to float64 rounding on the second."""
     tiny = 1e-9 * torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
-    sin = nk.mlp(1, 8, activation="sin")
+    sin = nk.mlp(1, 8, activation="sin", b_std=0.0)
     low, high = sin.kernel(tiny).nngp, sin.kernel(tiny.double()).nngp
     assert float(high.abs().max()) > 1e-19 and float((low.double() - high).abs().max() / high.abs().max()) < 1e-6
     x = 30 * torch.randn(20, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    deep = nk.mlp(40, 8, activation="cos", w_std=2.5)
+    deep = nk.mlp(40, 8, activation="cos", w_std=2.5, b_std=0.0)
     k, k_copy = deep.kernel(x), deep.kernel(x, x.clone())
     assert torch.isfinite(k_copy.ntk).all()
     torch.testing.assert_close(k_copy.ntk, k.ntk, rtol=1e-12, atol=1e-12 * float(k.ntk.abs().max()))

@@ -79,9 +79,9 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
             tensors (called as ``model(*x1)``) or a dict (``model(**x1)``), all with the N1 samples on axis 0
             (their floating tensors are brought to one dtype).
         x2: (N2, ...) inputs with x1's structure, or None for x2 = x1 (each symmetric block is computed once).
-        output: "full" (N1, N2, O, O); "trace" (N1, N2), the trace of each O×O block (the sum over outputs; for a
-            network with iid outputs, trace / O estimates the one-output infinite-width Θ); "diagonal"
-            (N1, N2, O), Θ_aa.
+        output: "full" (N1, N2, O, O); "trace" (N1, N2), Σ_a Θ_aa, the trace of each O×O block: the SUM over
+            outputs (for a network with iid outputs, trace / O estimates the one-output infinite-width Θ; note
+            that ``empirical_nngp``'s "trace" is the MEAN (1/O) Σ_a f_a(x) f_a(x')); "diagonal" (N1, N2, O), Θ_aa.
         method: "layerwise" (the fast path: Linear/Dense, Conv1d/2d/3d, Embedding and the affine parameters of
             LayerNorm/GroupNorm/eval BatchNorm contract input Grams with output-cotangent Grams, never a P-sized
             Jacobian; any other parameter is added through per-sample Jacobians, so it is exact for every model);
@@ -159,12 +159,13 @@ def empirical_nngp(model, x1, x2=None, *, output: str = "full", batch_size: int 
 
         full:     K(x, x')_ab = f_a(x) f_b(x')                       (N1, N2, O, O)
         diagonal: K(x, x')_a  = f_a(x) f_a(x')                       (N1, N2, O)
-        trace:    K(x, x')    = f(x) · f(x') / O                     (N1, N2)
+        trace:    K(x, x')    = (1/O) Σ_a f_a(x) f_a(x')             (N1, N2)   the MEAN over outputs
 
     For a network at random initialisation with iid outputs, each f_a is a draw from the NNGP prior
     (Lee et al. 2018, arXiv 1711.00165), so every entry above estimates the one-output Σ(x, x') and "trace"
-    averages the O estimates. Note the difference from ``empirical_ntk``'s "trace", which sums over outputs (the
-    trace of the O×O block); here it is the mean, so that it compares directly with ``arch.kernel(x).nngp``.
+    averages the O estimates. Note the difference from ``empirical_ntk``'s "trace", Σ_a Θ_aa, which SUMS over
+    outputs (the trace of the O×O block); here it is the mean, so that it compares directly with
+    ``arch.kernel(x).nngp``.
 
     Args: as ``empirical_ntk`` (model, x1, x2, output, batch_size, max_memory, output_fn; several inputs and
     outputs as there). Returns the inputs' dtype/device.

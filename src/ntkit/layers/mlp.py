@@ -11,7 +11,7 @@ __all__ = ["mlp"]
 
 
 def mlp(hidden_layers: int, width: int, out_features: int = 1, activation: str | Activation = "relu",
-        w_std: float = 1.0, b_std: float = 0.0, parameterization: str = "ntk",
+        w_std: float = 1.0, b_std: float = 0.1, parameterization: str = "ntk",
         in_features: int | None = None) -> Serial:
     """Fully-connected network with ``hidden_layers`` activations of ``width`` units each.
 
@@ -26,9 +26,13 @@ def mlp(hidden_layers: int, width: int, out_features: int = 1, activation: str |
         out_features: number of outputs n_L.
         activation: a name from ``nk.layers.ACTIVATION_NAMES`` or an activation instance.
         w_std: weight standard deviation σ_w of every Dense layer (1.0: the NTK paper's setting).
-        b_std: bias standard deviation, Jacot's β. The default 0.0 is the bias-free network; Jacot et al.'s
-            figures and ``ntkit.sklearn``'s kernels use 0.1 (a bias keeps the kernel positive definite on inputs
-            through the origin and gives the zero input a nonzero kernel), so pass ``b_std=0.1`` for those.
+        b_std: bias standard deviation, Jacot's β. The default 0.1 is Jacot et al.'s (β = 0.1 in their figures)
+            and the same as ``ntkit.sklearn``'s kernels and estimators, whose GP hyperparameters are log(b_std) and
+            so cannot start at 0. A bias matters for the kernel: without one, Σ⁽¹⁾ = w²·x·x'/n0 vanishes at the
+            zero input, and with a positively homogeneous σ (ReLU) points on one ray through the origin, x and
+            2x, have proportional kernel rows (a singular train-train kernel). ``b_std=0.0`` gives the bias-free
+            network (the building block ``nk.Dense`` defaults to it, as do the paper presets ``nk.cnn`` and
+            ``nk.myrtle``).
         parameterization: "ntk" (Jacot et al.'s, the default: the limit does not depend on the widths) or
             "standard" (W ~ N(0, w_std²/n); its NTK grows with width; see ``nk.Dense``).
         in_features: optional input dimension, checked by ``kernel`` and used by ``build``.
