@@ -2,12 +2,14 @@
 
 Workloads (issue 11, point 5): a 350-point ReLU-MLP kernel (``arch.kernel``), a 2,000-point one, and 100 steps of
 ``nk.train`` on a width-64 MLP with 256 points. Each is timed (median of repeats) with ntkit's choice (one intra-op
-thread below ``ntkit._threads.SMALL_WORK``, the user's count above) and with every call on torch's default count
-(``SMALL_WORK = 0`` and no ``ThreadTuner``), first on idle cores and then next to a competing process that keeps
-every core busy with small parallel ops of its own (another kernel job with torch's default threads: what a shared
-machine or a CI runner running jobs side by side looks like).
+thread below ``ntkit._threads.SMALL_WORK``, the user's count above, ``ThreadTuner`` on tile loops) and with every
+call on torch's default count (``SMALL_WORK = 0`` and no ``ThreadTuner``), on idle cores and next to competitors:
 
-    .venv/bin/python benchmarks/threads.py [--repeats 5]
+* ``spin-1``: one process spinning on one core (a compiler, a browser tab, another user's script);
+* ``spin-all``: one spinning process per core (a saturated CI runner);
+* ``kernel-job``: another ntkit kernel job with torch's default threads (small parallel ops of its own).
+
+    .venv/bin/python benchmarks/threads.py [--repeats 5] [--states idle spin-1 spin-all kernel-job]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import ntkit as nk
 from ntkit import _threads
 from _timing import device_description, median_time
 
+SPIN = "while True: pass"
 BUSY = """
 import torch, ntkit as nk
 torch.set_num_threads({threads})
@@ -68,21 +71,33 @@ def measure(repeats: int) -> dict:
     return out
 
 
+def competitors(state: str, cores: int) -> list[str]:
+    """The Python programs to run beside the measurement for ``state``."""
+    return {"idle": [], "spin-1": [SPIN], "spin-all": [SPIN] * cores,
+            "kernel-job": [BUSY.format(threads=cores)]}[state]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--states", nargs="+", default=["idle", "spin-1", "spin-all", "kernel-job"],
+                        choices=["idle", "spin-1", "spin-all", "kernel-job"])
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    print(json.dumps(dict(torch=torch.__version__, device=device_description("cpu"), cores=cores)))
-    results = {"idle": measure(args.repeats)}
-    busy = subprocess.Popen([sys.executable, "-c", BUSY.format(threads=cores)])
-    try:
-        time.sleep(2.0)  # let it occupy the cores
-        results["busy"] = measure(args.repeats)
-    finally:
-        busy.kill()
-        busy.wait()
-    print(json.dumps(results))
+    print(json.dumps(dict(torch=torch.__version__, device=device_description("cpu"), cores=cores,
+                          threads=torch.get_num_threads())))
+    results = {}
+    for state in args.states:
+        busy = [subprocess.Popen([sys.executable, "-c", program]) for program in competitors(state, cores)]
+        try:
+            if busy:
+                time.sleep(2.0)  # let them occupy the cores
+            results[state] = measure(args.repeats)
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
+        print(json.dumps({state: results[state]}), flush=True)
     print("\n| workload | cores | ntkit | torch's default threads | ratio |\n|---|---|---|---|---|")
     for state, rows in results.items():
         for name, r in rows.items():

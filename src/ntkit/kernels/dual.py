@@ -30,13 +30,15 @@ def correlation(c: Tensor, q1: Tensor, q2: Tensor) -> tuple[Tensor, Tensor]:
     The norm is √q1·√q2, never √(q1 q2): the product of two variances underflows or overflows float32 beyond
     ~1e±19 (a 30-layer ReLU net with w_std = 0.5 has q ~ 1e-27 and came out all zeros; inputs of size 1e12 were
     refused as overflow), while each root stays in range. A point with itself then has c = q but √q·√q within
-    2 ulps of q, so correlations within 4 ulps of 1 are snapped to 1, as the in-place spatial dual does: at
-    ρ ≈ 1 arccos turns an ulp into √ε.
+    2 ulps of q, so correlations within 4 ulps of ±1 are snapped to ±1, as the in-place spatial dual does: at
+    ρ ≈ ±1 arccos turns an ulp into √ε. ρ = −1 is as common as ρ = 1: a point x paired with −x, and every
+    position of a one-channel image under a 1×1 conv (c = x_p x'_p, so ρ = sign(x_p x'_p)); without the snap at −1
+    kernel(x, x.clone()) differed from kernel(x) by 5e-5 relative in float32 there.
     """
     norm = torch.sqrt(q1) * torch.sqrt(q2)
     finfo = torch.finfo(norm.dtype)
     rho = (c / torch.clamp(norm, min=finfo.tiny)).clamp(-1.0, 1.0)
-    rho = torch.where(rho > 1.0 - 4.0 * finfo.eps, 1.0, rho)
+    rho = torch.where(rho.abs() > 1.0 - 4.0 * finfo.eps, torch.sign(rho), rho)
     return rho, norm
 
 
@@ -140,7 +142,7 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
     two buffers from the engine's ``scratch`` pool (:mod:`ntkit.kernels.scratch`) instead of twice as many
     allocating passes (memory traffic, not arithmetic, is the cost of a 10⁶-entry covariance).
 
-    Correlations within 4 ulps of 1 are snapped to 1: two summation orders of the same covariance differ in the
+    Correlations within 4 ulps of ±1 are snapped to ±1: two summation orders of the same covariance differ in the
     last bits, and arccos turns that into √ε at ρ = 1 (1e-4 relative in float32), so a position paired with itself
     would not get the exact K(x, x)[p, p] it has at ρ = 1. (Scaling every ρ by 1 + 4ε would snap for free, but
     biases every entry by 4ε: measured 1e-6 relative error on Myrtle-5 in float32 instead of 1e-7.)"""
@@ -150,6 +152,7 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
     root1, root2 = torch.sqrt(q1), torch.sqrt(q2)
     rho = c.div_(torch.clamp(root1, min=tiny)).div_(torch.clamp(root2, min=tiny)).clamp_(-1.0, 1.0)
     rho.masked_fill_(rho > 1.0 - 4.0 * torch.finfo(c.dtype).eps, 1.0)
+    rho.masked_fill_(rho < 4.0 * torch.finfo(c.dtype).eps - 1.0, -1.0)  # and −1 (x against −x; see correlation)
     mix = (a - b) ** 2 / _TWO_PI
     even = (a * a + b * b) / 2.0
     kdot = torch.arccos(rho, out=empty(scratch, rho.shape, rho)).mul_(-mix).add_(even)
@@ -161,23 +164,89 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
     return k, (kdot if derivative else None)
 
 
+def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True,
+                    scratch=None):
+    """``rectified`` on a flat tile, overwriting ``c`` with K: bitwise the same values as ``rectified`` (the same
+    IEEE operations in the same order, no fused multiply-adds), in three scratch buffers instead of ~20 fresh
+    tile-sized allocations. The eager flat engine runs it where nothing needs derivatives: on a CPU, memory traffic
+    is most of the tile's cost (N = 4,000 ReLU MLP: ~1.4x faster; benchmarks/analytic_kernel.py)."""
+    from .scratch import empty
+
+    finfo = torch.finfo(c.dtype)
+    mix = (a - b) ** 2 / _TWO_PI
+    even = (a * a + b * b) / 2.0
+    root1, root2 = torch.sqrt(q1), torch.sqrt(q2)
+    norm = torch.mul(root1, root2, out=empty(scratch, c.shape, c))  # √q1·√q2, as correlation() forms it
+    lowest = root1.min() * root2.min() if root1.numel() and root2.numel() else norm.new_ones(())
+    if bool(lowest < finfo.tiny):  # rounding is monotone: only then can an entry of norm be below tiny
+        rho = c.div_(torch.clamp(norm, min=finfo.tiny))
+    else:
+        rho = c.div_(norm)
+    # correlation()'s clamp to [-1, 1] and snap to ±1 within 4 ulps, entry for entry, in one read of the tile
+    # when nothing needs either (off-diagonal tiles without duplicates or negated points, the common case).
+    edge = 1.0 - 4.0 * finfo.eps
+    low, high = torch.aminmax(rho)
+    if bool(high > edge):
+        rho.masked_fill_(rho > edge, 1.0)
+    if bool(low < -edge):
+        rho.masked_fill_(rho < -edge, -1.0)
+    kdot = torch.arccos(rho, out=empty(scratch, c.shape, c)).mul_(-mix).add_(even)  # even − mix·θ
+    sin_theta = torch.mul(rho, rho, out=empty(scratch, c.shape, c)).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
+    k = rho.mul_(kdot).add_(sin_theta.mul_(mix)).mul_(norm)  # norm·(mix·sin θ + K̇·ρ)
+    if scratch is not None:
+        scratch.give(norm, sin_theta, None if derivative else kdot)
+    return k, (kdot if derivative else None)
+
+
+def _root(q: Tensor) -> Tensor:
+    """√q with a zero derivative at q = 0 instead of an infinite one (a zero variance has no tangent: it stays zero
+    for every w_std, b_std), so that hyperparameter gradients through the duals below stay finite."""
+    positive = q > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, q, 1.0)), 0.0)
+
+
+def _bounded(c: Tensor, q1: Tensor, q2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(c, |c|, b, b − |c|, (√q1, √q2)) with b = √q1·√q2 and |c| clamped to b (Cauchy–Schwarz; a Gram product's
+    rounding can step past it) and set to b within 4 ulps of it, as ``correlation`` snaps ρ to ±1.
+
+    The smooth duals need q1 q2 − c², which as a difference of two ~q² numbers is all rounding near ρ = ±1 (the
+    erf NTK of a point with itself at q = 2.5e8 was 2.9e27 instead of 1e4 in float32) and overflows for q beyond
+    ~1e19 in float32. As (b − |c|)(b + |c|) it is exactly 0 for a point paired with itself or with a copy of itself
+    (their Grams round differently, by an ulp, which the snap absorbs; without it the erf NTK of kernel(x) and
+    kernel(x, x.clone()) differed by 3e-4 in float32 for images of size 100, and deep chaotic erf nets amplified
+    the ulp layer by layer), and b − |c| never cancels."""
+    root1, root2 = _root(q1), _root(q2)
+    bound = root1 * root2
+    snap = c.abs() > bound * (1.0 - 4.0 * torch.finfo(c.dtype).eps)
+    # c itself as a clamp (not |c| with its sign put back), so that ∂/∂c stays 1 at c = 0.
+    c = torch.where(snap, torch.copysign(bound, c), torch.maximum(torch.minimum(c, bound), -bound))
+    size = c.abs()
+    return c, size, bound, bound - size, (root1, root2)
+
+
+def _scaled_root(base: Tensor, slack: Tensor, bound: Tensor, size: Tensor) -> Tensor:
+    """√(base + slack·(bound + size)) = √(base + q1 q2 − c²) without forming a q² intermediate: both terms are
+    divided by m = max(1, b) under the root and √m is taken out (base, b + |c| and slack/m are all O(q))."""
+    m = torch.clamp(bound, min=1.0)
+    return torch.sqrt(m) * torch.sqrt(base / m + (slack / m) * (bound + size))
+
+
 def erf(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     r"""σ = erf (Williams 1997):
 
-        K    = (2/π) arcsin( 2c / sqrt((1 + 2 q1)(1 + 2 q2)) )
-        Kdot = (4/π) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 c²)
+        K    = (2/π) arcsin( 2c / sqrt((1 + 2 q1)(1 + 2 q2)) ) = (2/π) atan2(2c, D)
+        Kdot = (4/π) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 c²)         = (4/π) / D
+
+    with D² = (1 + 2q1)(1 + 2q2) − 4c² = 1 + 2(q1 + q2) + 4(q1 q2 − c²), and q1 q2 − c² = (b − |c|)(b + |c|),
+    b = √q1·√q2 (``_bounded``: no subtraction of two numbers of size 4q², no q² intermediate). The atan2 form
+    needs no arcsin near ±1, where an ulp of its argument became √ε.
     """
-    p = (1.0 + 2.0 * q1) * (1.0 + 2.0 * q2)
-    arg = (2.0 * c / torch.sqrt(p)).clamp(-1.0, 1.0)
-    k = (2.0 / math.pi) * torch.arcsin(arg)
+    c, size, bound, slack, _ = _bounded(c, q1, q2)
+    d = _scaled_root(1.0 + 2.0 * (q1 + q2), 4.0 * slack, bound, size)
+    k = (2.0 / math.pi) * torch.atan2(2.0 * c, d)
     if not derivative:
         return k, None
-    # p − 4c² expanded as 1 + 2(q1 + q2) + 4(q1 q2 − c²): subtracting 4c² from p (both ~4q²) loses everything for
-    # large q (a point with itself at q = 2.5e8 gave 2.9e27 instead of 1e4 in float32), while q1 q2 − c² >= 0 is
-    # exact for a point with itself and only as uncertain as c elsewhere (Cauchy–Schwarz: the clamp guards rounding).
-    gap = torch.clamp(q1 * q2 - c * c, min=0.0)
-    kdot = (4.0 / math.pi) / torch.sqrt(1.0 + 2.0 * (q1 + q2) + 4.0 * gap)
-    return k, kdot
+    return k, (4.0 / math.pi) / d
 
 
 def gelu(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
@@ -189,43 +258,47 @@ def gelu(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     K follows from Φ(u) = P(ξ ≤ u) with an independent ξ ~ N(0, 1) (Tsuchida et al. 2021 give the same form);
     Kdot = ∂K/∂c by Price's theorem. Both are checked against quadrature in the tests.
     """
-    p = (1.0 + q1) * (1.0 + q2)
-    # S = p − c² expanded as 1 + q1 + q2 + (q1 q2 − c²), for the reason given in ``erf``.
-    s = 1.0 + q1 + q2 + torch.clamp(q1 * q2 - c * c, min=0.0)
-    root = torch.sqrt(s)
+    c, size, bound, slack, _ = _bounded(c, q1, q2)
+    # S = 1 + q1 + q2 + (q1 q2 − c²), its root without q² intermediates (``_bounded``, ``_scaled_root``).
+    root = _scaled_root(1.0 + q1 + q2, slack, bound, size)
     t = c / root
     atan = torch.arctan(t)
-    # Written with r = q1 q2 / P = q1/(1+q1) · q2/(1+q2) and t = c/√S, so that no intermediate is of order q³
-    # (q1 q2 S overflowed float32 for inputs of size 1e6, whose kernel is only ~1e12) and K̇ sums no large terms
-    # that cancel (t(1 − r) with r → 1 lost 4e-3 there), using 1 − r = (1 + q1 + q2)/P:
-    #   (q1 q2 S + c²)/(P √S) = r √S + c t / P,
+    # Written with r = q1 q2 / P = q1/(1+q1) · q2/(1+q2), t = c/√S and the factors 1/(1 + q) taken one at a time,
+    # so that no intermediate is of order q² or q³ (q1 q2 S overflowed float32 for inputs of size 1e6, whose kernel
+    # is only ~1e12) and K̇ sums no large terms that cancel (t(1 − r) with r → 1 lost 4e-3 there), using
+    # 1 − r = (1 + q1 + q2)/P:
+    #   (q1 q2 S + c²)/(P √S) = r √S + (c/(1+q1)) (t/(1+q2)),
     #   c/√S + c (2S − q1 q2 S + c²)/(P S^{3/2}) = t (3 + q1 + q2 + t²) / P.
-    r = (q1 / (1.0 + q1)) * (q2 / (1.0 + q2))
-    k = 0.25 * c + (r * root + c * t / p + c * atan) / _TWO_PI
+    inv1, inv2 = 1.0 / (1.0 + q1), 1.0 / (1.0 + q2)
+    r = (q1 * inv1) * (q2 * inv2)
+    k = 0.25 * c + (r * root + (c * inv1) * (t * inv2) + c * atan) / _TWO_PI
     if not derivative:
         return k, None
-    kdot = 0.25 + (atan + t * (3.0 + q1 + q2 + t * t) / p) / _TWO_PI
+    kdot = 0.25 + (atan + t * (((3.0 + q1 + q2 + t * t) * inv1) * inv2)) / _TWO_PI
     return k, kdot
 
 
 def _hyperbolic_pair(c: Tensor, q1: Tensor, q2: Tensor) -> tuple[Tensor, Tensor]:
     """(e^{-h} sinh(c), e^{-h} cosh(c)) with h = (q1+q2)/2, stable for every c.
 
-    c is first clamped to |c| <= √q1·√q2 (Cauchy–Schwarz; rounding of a Gram product can step past it, and through
-    40 cos layers that compounded into overflow for kernel(x, x.clone()) though kernel(x) was finite), and set to
-    ±√q1·√q2 within 4 ulps (a point paired with a copy of itself is then exactly ρ = ±1, as on the diagonal).
-    Then |c| <= h, so e^{±c-h} never overflows; for |c| <= 1, e^{-h} sinh(c) = ½ e^{-h} (expm1(c) − expm1(−c))
-    instead of a difference of two nearly equal exponentials (tiny c gave exact zeros where the kernel is ~c e^{-h}).
+    c is first clamped to |c| <= b = √q1·√q2 and snapped to ±b within 4 ulps (``_bounded``; through 40 cos layers
+    rounding past the bound compounded into overflow for kernel(x, x.clone()) though kernel(x) was finite). The
+    exponents are then formed without cancellation,
+
+        |c| − h = −[(√q1 − √q2)²/2 + (b − |c|)],      −|c| − h = −[(√q1 + √q2)²/2 − (b − |c|)],
+
+    so a point with itself gets exactly e⁰ = 1 (|c| − h computed as a difference was off by q·ε: K(x, x) = 0.508
+    instead of 0.5 in float32 for inputs of size 300), and neither exponential overflows. For |c| <= 1,
+    e^{-h} sinh(c) = ½ e^{-h} (expm1(c) − expm1(−c)) instead of a difference of two nearly equal exponentials
+    (tiny c gave exact zeros where the kernel is ~c e^{-h}).
     """
-    bound = torch.sqrt(q1) * torch.sqrt(q2)
-    c = torch.maximum(torch.minimum(c, bound), -bound)
-    c = torch.where(c.abs() > bound * (1.0 - 4.0 * torch.finfo(c.dtype).eps), torch.sign(c) * bound, c)
-    half = 0.5 * (q1 + q2)
-    plus, minus = torch.exp(c - half), torch.exp(-c - half)
+    c, size, _, slack, (root1, root2) = _bounded(c, q1, q2)
+    near = torch.exp(-(0.5 * (root1 - root2) ** 2 + slack))  # e^{|c| − h}
+    far = torch.exp(slack - 0.5 * (root1 + root2) ** 2)      # e^{−|c| − h}
     inner = torch.clamp(c, -1.0, 1.0)  # the expm1 branch only sees |c| <= 1 (no inf behind torch.where)
-    small = 0.5 * torch.exp(-half) * (torch.expm1(inner) - torch.expm1(-inner))
-    sinh = torch.where(c.abs() <= 1.0, small, 0.5 * (plus - minus))
-    return sinh, 0.5 * (plus + minus)
+    small = 0.5 * torch.exp(-0.5 * (q1 + q2)) * (torch.expm1(inner) - torch.expm1(-inner))
+    sinh = torch.where(size <= 1.0, small, torch.copysign(0.5 * (near - far), c))
+    return sinh, 0.5 * (near + far)
 
 
 def sin(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):

@@ -53,6 +53,8 @@ class KernelState:
         (1, t2, S, S), supplied by the tape to layers that need them (self-attention)
     scratch: the spatial engine's buffer pool (:mod:`ntkit.kernels.scratch`); owned: whether the rules may
         overwrite and recycle this state's tensors (False where a composite layer still needs them)
+    in_place: the flat engine's eager tiles: rules may overwrite ``nngp``/``ntk`` (nothing else holds them and no
+        derivatives are taken) and take buffers from ``scratch``; rules that do must give bitwise the same values
     """
 
     nngp: Tensor
@@ -67,6 +69,7 @@ class KernelState:
     inputs: tuple | None = None
     scratch: object = None
     owned: bool = True
+    in_place: bool = False
     self1: object = None
     self2: object = None
 

@@ -191,18 +191,21 @@ def coefficient_cache():
         _CACHE.reset(token)
 
 
-def _carries_derivatives(q: Tensor) -> bool:
+def carries_derivatives(q: Tensor) -> bool:
+    """Whether ``q`` takes part in a derivative: autograd, forward AD or a torch.func transform."""
     from torch.autograd import forward_ad
 
     functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)()
     return q.requires_grad or functorch_active or forward_ad.unpack_dual(q).tangent is not None
 
 
-def _memoized(key: tuple, q: Tensor, compute: Callable[[], Tensor]) -> Tensor:
+def memoized(key: tuple, q: Tensor, compute: Callable[[], Tensor]):
     """``compute()``, a function of ``q``'s values in order (not of its shape) and of ``key``, reused within a
     ``coefficient_cache`` block (the rows of one tile are the columns of another: (t, 1) and (1, t))."""
+    if torch.compiler.is_compiling():  # a compiled pass traces the arithmetic; nothing is looked up
+        return compute()
     cache = _CACHE.get()
-    if cache is None or _carries_derivatives(q):
+    if cache is None or carries_derivatives(q):
         return compute()
     flat = q.reshape(-1)
     entries = cache.setdefault((*key, flat.numel(), q.dtype, q.device), [])
@@ -313,11 +316,11 @@ def _series_side(fns: Sequence[Elementwise], q: Tensor, degree: int, dtype: torc
     def compute():
         coefficients, moments = _coefficients_and_moments(fns, flat, degree)
         for fn, moment in zip(fns, moments):  # the same points' variances and self-kernels come next: keep them
-            _memoized(("moment", fn, degree), flat, lambda moment=moment: moment)
+            memoized(("moment", fn, degree), flat, lambda moment=moment: moment)
         sizes = torch.stack([_relative_size(part) for part in coefficients])
         return _contiguous(coefficients, dtype), sizes
 
-    coefficients, sizes = _memoized(("series", tuple(fns), degree, dtype), flat, compute)
+    coefficients, sizes = memoized(("series", tuple(fns), degree, dtype), flat, compute)
     return coefficients.reshape(*coefficients.shape[:2], *q.shape), sizes
 
 
@@ -404,7 +407,7 @@ def self_dual_by_quadrature(fn: Elementwise, dfn: Elementwise | None, q: Tensor,
             return _moment(g(u).to(work), weights)[:, None]  # (group, 1): _per_rule pads the last axis
 
         # Within a kernel evaluation usually found: the Mehler coefficients of these points stored it.
-        moment = _memoized(("moment", g, degree), flat, lambda: _per_rule(flat, degree, compute)[:, 0])
+        moment = memoized(("moment", g, degree), flat, lambda: _per_rule(flat, degree, compute)[:, 0])
         return moment.to(q.dtype).reshape(q.shape)
 
     return moment_of(fn), (moment_of(dfn) if derivative else None)

@@ -24,7 +24,7 @@ from torch import nn
 from .._validation import check_positive_int
 from ..kernels import dual as duals
 from ..kernels.kernel import KernelState
-from ..kernels.quadrature import (DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature,
+from ..kernels.quadrature import (DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature, memoized,
                                  variance_by_quadrature)
 from .base import Layer, Signature
 
@@ -162,8 +162,9 @@ class _ClosedForm(Activation):
 
     def variance(self, q):
         # The 2-D rule at ρ = 1: bitwise the same arithmetic as the diagonal of the grid, so that Σ(x, x) and
-        # the propagated variance agree exactly and correlations of a point with itself stay exactly 1.
-        return self.dual(q, q, q, derivative=False)[0]
+        # the propagated variance agree exactly and correlations of a point with itself stay exactly 1. Within one
+        # kernel evaluation a block's variances are computed once per layer, not once per tile (coefficient_cache).
+        return memoized(("variance", id(self)), q, lambda: self.dual(q, q, q, derivative=False)[0]).reshape(q.shape)
 
     def quadrature_dual(self, c, q1, q2, derivative: bool = True):
         """The same expectations by quadrature (what the closed form is tested against)."""
@@ -180,6 +181,17 @@ class _Rectified(_ClosedForm):
 
     def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
         return duals.rectified_(c, q1, q2, *self.slopes, derivative, scratch)
+
+    def kernel_rule(self, state, need_ntk):
+        if not state.in_place:
+            return super().kernel_rule(state, need_ntk)
+        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual.rectified_tile_).
+        k, kdot = duals.rectified_tile_(state.nngp, state.var1, state.var2, *self.slopes, need_ntk, state.scratch)
+        ntk = state.ntk.mul_(kdot) if need_ntk else None
+        if need_ntk and state.scratch is not None:
+            state.scratch.give(kdot)
+        return state.replace(nngp=k, ntk=ntk, var1=self.variance(state.var1), var2=self.variance(state.var2),
+                             gaussian=False)
 
 
 class ReLU(_Rectified):

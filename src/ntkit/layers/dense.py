@@ -104,6 +104,14 @@ class Dense(Layer):
 
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         w2, b2 = self.w_std ** 2, self.b_std ** 2
+        if state.in_place and self.parameterization == "ntk":
+            # The same operations in place on the engine's tiles (kernel.KernelState.in_place): same values.
+            nngp = state.nngp.mul_(w2).add_(b2)
+            ntk = None
+            if need_ntk:  # before the first weight layer the NTK is the float 0.0
+                ntk = state.ntk.mul_(w2).add_(nngp) if isinstance(state.ntk, torch.Tensor) else nngp + w2 * state.ntk
+            return state.replace(nngp=nngp, ntk=ntk, var1=w2 * state.var1 + b2, var2=w2 * state.var2 + b2,
+                                 width=self.out_features, gaussian=True)
         nngp = w2 * state.nngp + b2
         ntk = None
         if need_ntk:

@@ -92,6 +92,7 @@ class Residual(Layer):
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         """Flat inputs: the flat engine's rules, variances propagated alongside."""
         branches = []
+        state = state.replace(in_place=False)  # both branches read the same input tiles
         for path in (self.block, self.shortcut):
             out = state
             for layer in ([] if path is None else path.flatten()):

@@ -1,0 +1,67 @@
+"""The flat engine's in-place tiles give bitwise the values of the out-of-place rules they replace."""
+
+import pytest
+import torch
+
+import ntkit as nk
+from ntkit.kernels import dual, evaluate
+from ntkit.kernels.scratch import Scratch
+
+
+def _grid(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q1 = torch.rand(9, 1, generator=g, dtype=dtype) * 3
+    q2 = torch.rand(1, 7, generator=g, dtype=dtype) * 3
+    q1[0], q2[0, 1] = 0.0, 1e-30  # a zero variance (zero input, no bias) and a tiny one
+    c = (torch.rand(9, 7, generator=g, dtype=dtype) * 2.2 - 1.1) * (q1.sqrt() * q2.sqrt())  # some |ρ| > 1
+    c[1, 2] = (q1[1] * q2[0, 2]).sqrt() * (1 - 2 * torch.finfo(dtype).eps)  # within the snap to +1
+    c[2, 3] = -(q1[2] * q2[0, 3]).sqrt()
+    return c, q1, q2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("slopes", [(1.0, 0.0), (1.0, 0.2), (1.0, -1.0)])
+def test_rectified_tile_equals_rectified_bitwise(dtype, slopes):
+    c, q1, q2 = _grid(dtype)
+    k, kdot = dual.rectified(c, q1, q2, *slopes)
+    scratch = Scratch()
+    k_, kdot_ = dual.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch)
+    assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
+    k_only, none = dual.rectified_tile_(c.clone(), q1, q2, *slopes, derivative=False, scratch=scratch)
+    assert none is None and torch.equal(k, k_only)
+
+
+def _out_of_place(monkeypatch):
+    monkeypatch.setattr(evaluate, "carries_derivatives", lambda q: True)  # what inputs with derivatives get
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("arch", [
+    nk.mlp(3, 8, activation="relu", b_std=0.1),
+    nk.mlp(2, 8, activation="leaky_relu", w_std=1.3, b_std=0.0),
+    nk.Serial(nk.Dense(8, b_std=0.2), nk.Residual(nk.Serial(nk.Abs(), nk.Dense(8))), nk.ReLU(), nk.Dense(1)),
+    nk.mlp(2, 8, activation="erf", b_std=0.1, parameterization="standard"),
+], ids=["relu", "leaky", "residual", "erf-standard"])
+def test_kernel_in_place_equals_out_of_place_bitwise(monkeypatch, dtype, arch):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 6, generator=g, dtype=dtype)
+    x[7] = x[3]  # a duplicate: ρ = 1 off the diagonal
+    x[9] = -x[4]  # and ρ = −1
+    x[11] = 0.0
+    y = torch.randn(23, 6, generator=g, dtype=dtype)
+    fast = [arch.kernel(x, batch_size=16), arch.kernel(x, y, batch_size=16)]
+    _out_of_place(monkeypatch)
+    slow = [arch.kernel(x, batch_size=16), arch.kernel(x, y, batch_size=16)]
+    for a, b in zip(fast, slow):
+        assert torch.equal(a.ntk, b.ntk) and torch.equal(a.nngp, b.nngp)
+    if dtype == torch.float64:  # kernel_diagonal's promise (float32 transcendentals may round by position)
+        assert torch.equal(fast[0].ntk.diagonal(), arch.kernel_diagonal(x).ntk)
+
+
+def test_inputs_with_derivatives_are_not_overwritten():
+    x = torch.randn(20, 4, dtype=torch.float64, requires_grad=True)
+    arch = nk.mlp(2, 8, b_std=0.1)
+    k = arch.kernel(x, batch_size=8).ntk
+    k.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(k.detach(), arch.kernel(x.detach(), batch_size=8).ntk, rtol=0, atol=0)
