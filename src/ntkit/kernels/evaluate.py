@@ -73,8 +73,13 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     spent_before = arch._eager_seconds.get(key, 0.0)
     auto = auto and arch._fused_steps.get(key) is not False  # False: compiling failed here before
     fuse = bool(fused) or (auto and (key in arch._fused_steps or compile_pays(spent_before, kind)))
-    plan = plan_flat(max(layer.tile_cost for layer in layers), n1, n2, x1.element_size(), device_info(x1.device),
-                     fuse, batch_size)
+    # Eager tiles with nothing to differentiate run their rules in place, on buffers reused from tile to tile
+    # (bitwise the same values; ~1.4x faster on a CPU, where memory traffic is most of a tile's cost), and their
+    # fewer temporaries leave room for larger tiles.
+    scratch = None if fuse or carries_derivatives(x1) or carries_derivatives(x2) else Scratch()
+    costs = [layer.tile_cost if scratch is None or layer.in_place_tile_cost is None else layer.in_place_tile_cost
+             for layer in layers]
+    plan = plan_flat(max(costs), n1, n2, x1.element_size(), device_info(x1.device), fuse, batch_size)
     tile = plan.tile
     step = _step_function(arch, layers, need_ntk, n0, fuse)
     check_fits((len(get) * n1 * n2 + plan.working) * x1.element_size(), x1.device,
@@ -90,9 +95,6 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     bar = tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False)
     started = time.perf_counter()
     tuner = ThreadTuner(x1.device, len(tiles))  # busy CPUs: one thread may be faster (ntkit._threads)
-    # Eager tiles with nothing to differentiate run their rules in place, on buffers reused from tile to tile
-    # (bitwise the same values; ~1.4x faster on a CPU, where memory traffic is most of a tile's cost).
-    scratch = None if carries_derivatives(x1) or carries_derivatives(x2) else Scratch()
     with coefficient_cache():  # quadrature activations: each block of points' coefficients once
         for i, j in bar:
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
@@ -100,7 +102,11 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 step = _step_function(arch, layers, need_ntk, n0, True)
             tuner.start()
             rows, cols = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
-            gram = (x1[rows] @ x2[cols].T) / n0
+            if scratch is None or fuse:
+                gram = (x1[rows] @ x2[cols].T) / n0
+            else:  # the same product into a reused buffer (fresh tile-sized allocations page-fault on a CPU)
+                shape = (rows.stop - rows.start, cols.stop - cols.start)
+                gram = torch.matmul(x1[rows], x2[cols].T, out=scratch.empty(shape, x1)).div_(n0)
             if symmetric and i == j:
                 gram.diagonal().copy_(sq1[rows])  # exactly |x|²/n0, so a point's self-correlation is exactly 1
             try:
@@ -123,6 +129,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 out[rows, cols] = value
                 if symmetric and i != j:
                     out[cols, rows] = value.T
+            if scratch is not None and not fuse:
+                scratch.give(nngp, ntk)  # copied out: the next tile reuses their buffers
             tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
     if auto and not fuse:
         arch._eager_seconds[key] = spent_before + time.perf_counter() - started

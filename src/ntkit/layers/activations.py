@@ -175,6 +175,7 @@ class _Rectified(_ClosedForm):
     """σ(u) = a·u for u > 0, b·u for u < 0, with ``slopes`` = (a, b): the arc-cosine family of ``dual.rectified``."""
 
     slopes: tuple[float, float] = (1.0, 0.0)
+    in_place_tile_cost = 3  # norm, K̇ and sin θ (kernels.dual.rectified_tile_)
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, *self.slopes, derivative)

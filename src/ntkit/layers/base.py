@@ -64,11 +64,13 @@ class Layer:
         (:mod:`ntkit.kernels.spatial`); the engine walks the layers backwards with it, so each state is kept
         only as full as the layers after it need.
     ``fusable`` says the rule is plain elementwise torch, so ``torch.compile`` may fuse it with its neighbours;
-    ``tile_cost`` is the number of (t1, t2)-sized temporaries the rule holds at once (for tile planning).
+    ``tile_cost`` is the number of (t1, t2)-sized temporaries the rule holds at once (for tile planning), and
+    ``in_place_tile_cost`` the number when it runs in place (``KernelState.in_place``; None: never in place).
     """
 
     fusable: bool = True
     tile_cost: int = 8
+    in_place_tile_cost: int | None = None
     needs_variances: bool = False  # whether the rule reads var1/var2 (the spatial engine's tape supplies them)
     needs_self_covariance: bool = False  # whether it reads self1/self2, each point's full K(x, x) (attention)
     reads_inputs: bool = False  # whether input_rule can start from the raw inputs (see apply_layer)

@@ -9,6 +9,7 @@ from torch import nn
 
 from .._validation import check_nonnegative_float, check_positive_int
 from ..kernels.kernel import KernelState
+from ..kernels.scratch import empty
 from .base import Layer, Signature
 
 __all__ = ["Dense", "DenseModule", "PARAMETERIZATIONS"]
@@ -65,6 +66,7 @@ class Dense(Layer):
     """
 
     tile_cost = 3
+    in_place_tile_cost = 0  # scales the tiles it is given; the first layer's NTK is one of the engine's 4 copies
 
     def __init__(self, out_features: int, w_std: float = 1.0, b_std: float = 0.0, parameterization: str = "ntk"):
         self.out_features = check_positive_int(out_features, "out_features")
@@ -108,8 +110,10 @@ class Dense(Layer):
             # The same operations in place on the engine's tiles (kernel.KernelState.in_place): same values.
             nngp = state.nngp.mul_(w2).add_(b2)
             ntk = None
-            if need_ntk:  # before the first weight layer the NTK is the float 0.0
-                ntk = state.ntk.mul_(w2).add_(nngp) if isinstance(state.ntk, torch.Tensor) else nngp + w2 * state.ntk
+            if need_ntk and isinstance(state.ntk, torch.Tensor):
+                ntk = state.ntk.mul_(w2).add_(nngp)
+            elif need_ntk:  # before the first weight layer the NTK is the float 0.0: a pooled buffer for it
+                ntk = torch.add(nngp, w2 * state.ntk, out=empty(state.scratch, nngp.shape, nngp))
             return state.replace(nngp=nngp, ntk=ntk, var1=w2 * state.var1 + b2, var2=w2 * state.var2 + b2,
                                  width=self.out_features, gaussian=True)
         nngp = w2 * state.nngp + b2

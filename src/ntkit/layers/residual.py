@@ -92,7 +92,7 @@ class Residual(Layer):
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         """Flat inputs: the flat engine's rules, variances propagated alongside."""
         branches = []
-        state = state.replace(in_place=False)  # both branches read the same input tiles
+        in_place, state = state.in_place, state.replace(in_place=False)  # both branches read the same input tiles
         for path in (self.block, self.shortcut):
             out = state
             for layer in ([] if path is None else path.flatten()):
@@ -100,7 +100,7 @@ class Residual(Layer):
             branches.append(out)
         a, b = branches
         return a.replace(nngp=a.nngp + b.nngp, ntk=a.ntk + b.ntk if need_ntk else None, var1=a.var1 + b.var1,
-                         var2=a.var2 + b.var2, gaussian=b.gaussian)
+                         var2=a.var2 + b.var2, gaussian=b.gaussian, in_place=in_place)
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
         if state.nngp is None:  # the network starts with this block: both branches read the inputs' covariance
