@@ -75,3 +75,30 @@ def test_gelu_and_erf_kernels_that_fit_float32_are_computed_past_q_1e19():
     expected = 2 / math.pi * math.atan2(2 * q, math.sqrt(1 + 4 * q))
     assert float(arch.kernel(x.double()).nngp[0, 0]) == pytest.approx(expected, rel=1e-15, abs=0)
     assert 0 < 1 - expected < 1e-10
+
+
+def test_subnormal_variances_are_divided_by_their_own_norm():
+    """Norms were clamped to float32's smallest normal number (1.2e-38) before dividing: a point whose variance had
+    become subnormal got ρ = c/1.2e-38 < 1 with itself. 12 ReLU layers at w_std = 0.25 on inputs of size 1e-11:
+    K(x, x) = 1.44e-40 instead of 2.15e-40. Subnormals keep ~16 bits here (values ~1e-40 = 2^-132: 17 bits)."""
+    x = torch.tensor([[1.8065e-10, 7.2912e-11, 1.6848e-11, 1.6972e-10],
+                      [-2.6550e-11, -9.7605e-12, -8.9466e-11, 2.2425e-11],
+                      [-1.5539e-11, -8.5142e-12, -1.3493e-11, -8.8083e-13]], dtype=torch.float64)
+    arch = nk.mlp(11, 1, activation="relu", w_std=0.25, b_std=0.0)
+    single, double = arch.kernel(x.float()).nngp, arch.kernel(x).nngp
+    assert float(double[2, 2]) < torch.finfo(torch.float32).tiny  # the case: a subnormal diagonal entry
+    torch.testing.assert_close(single.double(), double, rtol=2e-5, atol=0)
+
+
+def test_layer_norm_of_subnormal_variances():
+    """LayerNorm divided by √max(q, 1.2e-38) (inputs of size 1e-20 in float32: q ~ 1e-40, so K(x, x) came out 0.005
+    instead of 1), and the flat rule's r1·r2 overflowed float32 once q itself was used (r ~ 1e22 for q ~ 1e-44)
+    although K·r1·r2 is O(1). The Gram of such inputs is subnormal (~16 bits), so float64 agrees to 1e-4."""
+    for arch, shape in ((nk.Serial(nk.Dense(4), nk.LayerNorm(), nk.Dense(1)), (4, 6)),
+                        (nk.Serial(nk.Conv2d(4, 3), nk.LayerNorm(), nk.Flatten(), nk.Dense(1)), (3, 2, 3, 3))):
+        x = 1e-20 * torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        single, double = arch.kernel(x).nngp, arch.kernel(x.double()).nngp
+        torch.testing.assert_close(single.diagonal(), torch.ones(shape[0]), rtol=1e-6, atol=0)
+        assert _relative(single, double) < 1e-4
+    x = 1e-22 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(nk.Serial(nk.Dense(4), nk.LayerNorm(), nk.Dense(1)).kernel(x).ntk).all())

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .._validation import check_nonnegative_float
+from ..kernels.dual import smallest_subnormal
 from ..kernels.kernel import KernelState
 from .base import Layer, Signature
 
@@ -76,12 +77,15 @@ class LayerNorm(Layer):
 
     @staticmethod
     def _inverse_root(q: torch.Tensor) -> torch.Tensor:
-        return torch.rsqrt(torch.clamp(q, min=torch.finfo(q.dtype).tiny))
+        # Clamped to the smallest subnormal, only so that q = 0 (whose covariances are 0) gives 0, not NaN: a
+        # subnormal q is a variance like any other (see kernels.dual.smallest_subnormal).
+        return torch.rsqrt(torch.clamp(q, min=smallest_subnormal(q.dtype)))
 
     def kernel_rule(self, state: KernelState, need_ntk: bool) -> KernelState:
         r1, r2 = self._inverse_root(state.var1), self._inverse_root(state.var2)
-        scale = r1 * r2
-        return state.replace(nngp=state.nngp * scale, ntk=state.ntk * scale if need_ntk else None,
+        # One factor at a time: r1·r2 alone overflows float32 for subnormal variances (q ~ 1e-44: r ~ 1e22) although
+        # K·r1·r2 is O(1); K·r1 never does (|K| <= √q1·√q2).
+        return state.replace(nngp=state.nngp * r1 * r2, ntk=state.ntk * r1 * r2 if need_ntk else None,
                              var1=state.var1 * r1 * r1, var2=state.var2 * r2 * r2)
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
