@@ -1,7 +1,9 @@
 """jacot-fig2 on its tiny configuration: learned functions against the limiting Gaussian, checked on numbers.
 
-Tiny setting (``CONFIGS["tiny"]``): 16 networks of width 512 (depth 4, ReLU, β = 0.1, float32), 100 GD steps on the
-4 training points, 24 test angles. The limit is recomputed here independently with matrix exponentials.
+Tiny setting (``CONFIGS["tiny"]``): 16 networks each of widths 32 and 512 (depth 4, ReLU, β = 0.1, float32), 100 GD
+steps on the 4 training points, 24 test angles. The limit is recomputed here independently with matrix
+exponentials. The report's comparison of the widths is checked against the metrics, including metrics where the
+wider networks are the worse ones.
 """
 
 import math
@@ -76,6 +78,11 @@ def test_band_statistics_are_calibrated_on_gaussian_draws():
     # standard errors over 4000 draws: sqrt(0.16/4000) = 0.0063 for the fraction, sqrt(2/4000) = 0.022 for z²
     assert abs(good["fraction_inside_band"] - 0.8) < 3 * 0.0063
     assert abs(good["mean_squared_z"] - 1.0) < 3 * 0.022
+    # The standard errors are over the 500 independent rows: a row's band share has variance 0.16/8 and its mean
+    # z² variance 2/8, so the errors are sqrt(0.02/500) = 0.0063 and sqrt(0.25/500) = 0.0224; an estimated standard
+    # deviation from 500 rows is within ≈ 1/sqrt(1000) = 3 % of the truth, so 10 % is three of its errors.
+    assert good["fraction_inside_band_se"] == pytest.approx(math.sqrt(0.02 / 500), rel=0.1)
+    assert good["mean_squared_z_se"] == pytest.approx(math.sqrt(0.25 / 500), rel=0.1)
     too_narrow = jacot_fig2.band_statistics(draws, mean, std / 2)  # P(|z| < 1.28/2) = 0.48
     assert too_narrow["fraction_inside_band"] < 0.55
     # a zero-width point (a training point) is left out rather than divided by
@@ -87,10 +94,61 @@ def test_band_statistics_are_calibrated_on_gaussian_draws():
 def test_writes_figure_metrics_data_and_report(result):
     metrics = check_written(result)
     assert metrics["limit_t_vs_inf"] > 0  # 100 steps is not yet t = ∞ in the tiny setting; recorded, not hidden
-    assert result.arrays["learned_n512"].shape == (CONFIG.initializations, CONFIG.test_angles)
+    for width in CONFIG.widths:
+        assert result.arrays[f"learned_n{width}"].shape == (CONFIG.initializations, CONFIG.test_angles)
+
+
+def _stats(inside, inside_se, z2, z2_se):
+    return {"fraction_inside_band": inside, "fraction_inside_band_se": inside_se, "mean_squared_z": z2,
+            "mean_squared_z_se": z2_se}
+
+
+def test_compare_widths_says_closer_only_when_the_numbers_show_it():
+    better = {"50": _stats(0.70, 0.01, 1.5, 0.1), "1000": _stats(0.79, 0.01, 1.05, 0.1)}
+    worse = {"50": _stats(0.79, 0.01, 1.05, 0.1), "1000": _stats(0.70, 0.01, 1.5, 0.1)}
+    # distances 0.05 and 0.02 differ by 0.03, below 2 standard errors of sqrt(2)·0.03 = 0.042
+    noise = {"50": _stats(0.75, 0.03, 1.2, 0.2), "1000": _stats(0.78, 0.03, 1.1, 0.2)}
+    for per_width, verdict in ((better, "closer"), (worse, "further"), (noise, "indistinguishable")):
+        comparison = jacot_fig2.compare_widths(per_width)
+        assert {c["verdict"] for c in comparison.values()} == {verdict}
+        text = jacot_fig2.comparison_text(per_width, comparison, 64)
+        assert ("are closer to the limit" in text) == (verdict == "closer")
+        assert ("are further from the limit" in text) == (verdict == "further")
+        assert ("cannot tell" in text) == (verdict == "indistinguishable")
+    c = jacot_fig2.compare_widths(better)["fraction_inside_band"]
+    assert c["difference"] == pytest.approx(0.10 - 0.01) and c["standard_error"] == pytest.approx(0.01 * math.sqrt(2))
+    assert jacot_fig2.compare_widths({"50": better["50"]}) == {}  # one width: nothing to compare
+
+
+def test_report_states_only_what_the_metrics_show(result, tmp_path, monkeypatch):
+    section = result.report.read_text().split("## The widths against the limit")[1].split("## ")[0].strip()
+    metrics = result.metrics
+    assert section == jacot_fig2.comparison_text(metrics["per_width"], metrics["comparison"], CONFIG.initializations)
+    assert metrics["comparison"] == jacot_fig2.compare_widths(metrics["per_width"])
+    # Metrics in which the wide networks are the further ones (as 10 networks per width can give by chance):
+    # the report must say so, and must not call them closer or repeat a fixed claim about the widths.
+    real = jacot_fig2.band_statistics
+    swapped = {"512": _stats(0.70, 0.01, 1.5, 0.1), "32": _stats(0.79, 0.01, 1.05, 0.1)}
+    calls = []
+
+    def rigged(functions, mean, std):
+        calls.append(functions.shape[0])
+        width = "32" if len(calls) == 1 else "512"
+        return {**real(functions, mean, std), **swapped[width]}
+
+    monkeypatch.setattr(jacot_fig2, "band_statistics", rigged)
+    bad = jacot_fig2.run(tmp_path, size="tiny", seed=0, progress=False)
+    report = bad.report.read_text()
+    assert bad.metrics["comparison"]["fraction_inside_band"]["verdict"] == "further"
+    assert "are further from the limit" in report and "closer to the limit than" not in report
+    assert "deviate more" not in report and "closer" not in bad.headline
 
 
 def test_paper_settings_are_the_full_configuration():
-    full = jacot_fig2.CONFIGS["full"]
-    assert full.widths == (50, 1000) and full.initializations == 10 and full.steps == 1000
+    full, quick = jacot_fig2.CONFIGS["full"], jacot_fig2.CONFIGS["quick"]
+    assert full.widths == (50, 1000) and full.steps == 1000
     assert len(full.train_angles) == 4 and (full.hidden_layers, full.b_std, full.learning_rate) == (3, 0.1, 1.0)
+    # The paper's 10 networks per width give the band share a standard error of ≈ 0.05, as large as the difference
+    # between the widths (≈ 0.08); 64 networks (quick) measured 0.704 ± 0.019 against 0.782 ± 0.025, a difference
+    # of 2.5 standard errors, and 128 (full) halve the variance again.
+    assert quick.widths == full.widths and quick.initializations >= 64 and full.initializations >= 128
