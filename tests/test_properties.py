@@ -250,7 +250,7 @@ def _randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@_settings(240)
+@_settings(200)
 @given(spec=mlp_specs(), x=input_batches((4,)) | input_batches((1,)) | input_batches((8,)),
        dtype=st.sampled_from([torch.float32, torch.float64]))
 # Pinned: a kernel beyond float32 (3.1^100: refused) that float64 computes, and issue 13's reproducers (30 ReLU
@@ -278,30 +278,42 @@ def test_mlp_kernel_properties(spec, x, dtype):
 def test_mlp_float32_within_1e3_of_float64(spec, x):
     """Well conditioned (depth <= 10, inputs of size 1e-3..1e3): float32 within 1e-3 of max|K| of float64, or
     within float32's rounding times the recursion's amplification where that is larger (chaotic sin/cos/erf nets
-    at large w_std: ``_diagonal_reference``). The kernel fits float32 here (at most 3.2^10 · 1e8 · width)."""
+    at large w_std: ``_diagonal_reference``; the kinked NTK near ρ = ±1: ``_tolerances``). The kernel fits float32
+    here (at most 3.2^10 · 1e8 · width)."""
     arch = _mlp(spec)
     _, _, amplification = _diagonal_reference(spec, x)
+    kinked = spec["depth"] if isinstance(spec["act"], KINKED) else 0
+    tolerances = _tolerances(torch.float32, amplification, kinked)
     double = arch.kernel(x)
     single = arch.kernel(x.float())
     for name in ("nngp", "ntk"):
-        _assert_close(single[name], double[name], max(1e-3, _tolerances(torch.float32, amplification, 0)["nngp"]),
-                      f"float32 {name}")
+        # The kinked NTK's √ε term (``_tolerances``) is the known limit pinned by tests/kernels/test_stability.py's
+        # xfail: 3e-4 for near-duplicate points in float32, 2e-2 for a zero row and a row of size 1e-3 under Abs.
+        _assert_close(single[name], double[name], max(1e-3, tolerances[name]), f"float32 {name}")
 
 
 # ----- convolutional networks -------------------------------------------------------------------------------------
 
 @st.composite
 def spatial_specs(draw):
-    """A small conv net for (C, H, W) = (1..2, 3..5, 3..5) images: nk.cnn, or Conv–activation–pooling stacks with
-    optional LayerNorm/Residual blocks, a Flatten or GlobalAvgPool readout, and a Dense."""
+    """A small conv net for (C, H, W) = (1..2, 3..5, 3..5) images or (C, L) = (1..2, 3..8) sequences: nk.cnn
+    (strides 1 or 2), or Conv–activation–pooling stacks with optional LayerNorm/Residual blocks, a Flatten or
+    GlobalAvgPool readout, and a Dense."""
     _, act = draw(activations())
     w, b = draw(st.floats(0.25, 2.5)), draw(st.sampled_from([0.0, 0.1, 1.0]))
+    if draw(st.integers(0, 3)) == 0:
+        shape = (draw(st.integers(1, 2)), draw(st.integers(3, 8)))
+        arch = nk.cnn(draw(st.integers(1, 3)), width=4, kernel_size=draw(st.sampled_from([1, 2, 3])),
+                      readout=draw(st.sampled_from(["flatten", "gap"])), activation=act, w_std=w, b_std=b,
+                      stride=draw(st.sampled_from([1, 2])), dims=1)
+        return arch, shape
     shape = (draw(st.integers(1, 2)), draw(st.integers(3, 5)), draw(st.integers(3, 5)))
     if draw(st.booleans()):
         depth, size = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 3]))
         valid = min(shape[1:]) - depth * (size - 1) >= 1 and draw(st.booleans())  # "valid" while it fits
         arch = nk.cnn(depth, width=4, kernel_size=size, readout=draw(st.sampled_from(["flatten", "gap"])),
-                      activation=act, w_std=w, b_std=b, padding="valid" if valid else "same")
+                      activation=act, w_std=w, b_std=b, padding="valid" if valid else "same",
+                      stride=1 if valid else draw(st.sampled_from([1, 2])))
         return arch, shape
     layers = [nk.Conv2d(4, 3, padding="same", w_std=w, b_std=b), act]
     if draw(st.booleans()):
@@ -310,7 +322,8 @@ def spatial_specs(draw):
     if draw(st.booleans()):
         layers += [nk.LayerNorm()]
     if draw(st.booleans()):
-        layers += [nk.AvgPool2d(2, stride=1), nk.Conv2d(3, 2, padding="valid", w_std=w, b_std=b), act]
+        layers += [nk.AvgPool2d(2, stride=1, padding=draw(st.sampled_from([0, 1]))),
+                   nk.Conv2d(3, 2, padding="valid", w_std=w, b_std=b), act]
     layers += [draw(st.sampled_from([nk.Flatten(), nk.GlobalAvgPool()])), nk.Dense(1, w_std=w, b_std=b)]
     return nk.Serial(*layers), shape
 
