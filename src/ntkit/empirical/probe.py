@@ -82,6 +82,7 @@ class _UsageWatcher(TorchFunctionMode):
         self.owner_of, self.stack = owner_of, stack
         self.foreign: set[int] = set()
         self.created_bytes = 0
+        self.largest = 0.0  # the largest |value| of any floating tensor the model computes (rounding's scale)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -94,6 +95,10 @@ class _UsageWatcher(TorchFunctionMode):
         if self.stack:
             for leaf in _tensors(result):
                 self.created_bytes += leaf.numel() * leaf.element_size()
+                if leaf.is_floating_point() and leaf.numel():
+                    largest = float(leaf.detach().abs().amax())
+                    if largest > self.largest and largest != float("inf"):
+                        self.largest = largest
         return result
 
 
@@ -200,11 +205,16 @@ def _full_precision():
         cuda_matmul.allow_bf16_reduced_precision_reduction = saved[4]
 
 
-def _check_independent(fn: ModelFunction, x_pair, f_pair: torch.Tensor, f_first: torch.Tensor):
-    """f(batch of two)[i] must equal f(sample i), up to rounding of a differently batched computation."""
+def _check_independent(fn: ModelFunction, x_pair, f_pair: torch.Tensor, f_first: torch.Tensor, largest: float):
+    """f(batch of two)[i] must equal f(sample i), up to rounding of a differently batched computation.
+
+    Rounding happens at the scale of every intermediate, not only of the outputs: a sin network on inputs of size
+    1e4 rounds its pre-activations at ~1e4·ε, and sin passes that absolute error on to outputs of size 1 (such
+    a float64 model was refused at 1000 ulps of its outputs). The scale is therefore the largest |value| of the
+    outputs and of the intermediates the model computed (``largest``)."""
     f_second = fn(take(x_pair, slice(1, 2)))
     single = torch.cat([f_first, f_second])
-    scale = max(float(single.abs().max()), float(f_pair.abs().max()), 1e-30)
+    scale = max(float(single.abs().max()), float(f_pair.abs().max()), largest, 1e-30)
     dtype = f_pair.dtype
     ulps = _ULPS.get(dtype, _DEFAULT_ULPS)
     tol = ulps * torch.finfo(dtype).eps * scale
@@ -212,7 +222,8 @@ def _check_independent(fn: ModelFunction, x_pair, f_pair: torch.Tensor, f_first:
     if not gap <= tol:
         raise ValueError(
             "the model's output for a sample depends on the other samples in the batch (or on chance): f(x[:2]) "
-            f"differs from [f(x[0]), f(x[1])] by {gap:.3g}, {gap / scale:.2g} of the outputs' scale {scale:.3g} "
+            f"differs from [f(x[0]), f(x[1])] by {gap:.3g}, {gap / scale:.2g} of the scale {scale:.3g} of its "
+            "outputs and intermediates "
             f"(compared in {str(dtype).replace('torch.', '')} with TF32 and reduced-precision reductions off; "
             f"tolerance {ulps} ulps = {tol / scale:.2g} relative). The empirical kernels need a deterministic "
             "per-sample model: call model.eval() and remove batch-coupled layers.")
@@ -232,7 +243,7 @@ def probe_model(fn: ModelFunction, x, *, fast: bool = True, arg: str = "x1") -> 
             if not bool(torch.isfinite(f).all()):
                 raise FloatingPointError(f"the model's output for {arg}'s {which} contains NaN or inf")
         if n > 1:
-            _check_independent(fn, x_pair, f_two, f_one)
+            _check_independent(fn, x_pair, f_two, f_one, max(watcher_one.largest, watcher_two.largest))
     foreign = watcher_one.foreign | watcher_two.foreign
     kept = []
     for i, layer in enumerate(layers):
