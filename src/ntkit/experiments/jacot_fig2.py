@@ -40,12 +40,12 @@ to the largest σ (a maximum over angles, without a standard error; not used to 
 ``final_loss``. ``comparison``: per statistic, the verdict of ``compare_widths`` with the difference of
 distances and its standard error.
 
-Run time: a width-1000 network step costs about 3 ms of one CPU core in ``train_together`` (a width-50 one
-about 0.02 ms). Full settings (128 networks per width, 1000 steps, 401 angles): 329 s on 2 busy CPU cores (412 s
-of CPU; measured), against 56 s for the paper's 10 networks one at a time; they separate the widths by 4.1
-standard errors (band share 0.707 ± 0.014 at n = 50, 0.791 ± 0.015 at n = 1000). ``--quick`` (64 networks, 200
-steps, 201 angles): 47 s of CPU (measured; the previous quick settings, 10 networks of 600 steps one at a time,
-took 215 s of CPU on the same busy cores, measured side by side).
+Run time, full settings (128 networks per width, 1000 steps, 401 angles): 329 s on 2 busy CPU cores (412 s of
+CPU; measured), against 56 s for the paper's 10 networks one at a time (a width-1000 network step costs about 3 ms
+of one core in ``train_together``, a width-50 one 0.02 ms); they separate the widths by 4.1 standard errors (band
+share 0.707 ± 0.014 at n = 50, 0.791 ± 0.015 at n = 1000). ``--quick`` (64 networks, 200 steps, 201 angles): 25 s
+in ``ntkit reproduce all --quick`` on 2 CPU cores (measured; 28 s before with 10 networks of 600 steps one at a
+time; side by side on busy cores 47 s of CPU against 215 s).
 """
 
 from __future__ import annotations
