@@ -7,9 +7,10 @@ call on torch's default count (``SMALL_WORK = 0`` and no ``ThreadTuner``), on id
 
 * ``spin-1``: one process spinning on one core (a compiler, a browser tab, another user's script);
 * ``spin-all``: one spinning process per core (a saturated CI runner);
+* ``spin-2x``: two spinning processes per core (an oversubscribed machine: several jobs of their own);
 * ``kernel-job``: another ntkit kernel job with torch's default threads (small parallel ops of its own).
 
-    .venv/bin/python benchmarks/threads.py [--repeats 5] [--states idle spin-1 spin-all kernel-job]
+    .venv/bin/python benchmarks/threads.py [--repeats 5] [--states idle spin-1 spin-all spin-2x kernel-job]
 """
 
 from __future__ import annotations
@@ -73,15 +74,15 @@ def measure(repeats: int) -> dict:
 
 def competitors(state: str, cores: int) -> list[str]:
     """The Python programs to run beside the measurement for ``state``."""
-    return {"idle": [], "spin-1": [SPIN], "spin-all": [SPIN] * cores,
+    return {"idle": [], "spin-1": [SPIN], "spin-all": [SPIN] * cores, "spin-2x": [SPIN] * (2 * cores),
             "kernel-job": [BUSY.format(threads=cores)]}[state]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--states", nargs="+", default=["idle", "spin-1", "spin-all", "kernel-job"],
-                        choices=["idle", "spin-1", "spin-all", "kernel-job"])
+    parser.add_argument("--states", nargs="+", default=["idle", "spin-1", "spin-all", "spin-2x", "kernel-job"],
+                        choices=["idle", "spin-1", "spin-all", "spin-2x", "kernel-job"])
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     print(json.dumps(dict(torch=torch.__version__, device=device_description("cpu"), cores=cores,
