@@ -14,7 +14,6 @@ import numbers
 import numpy as np
 import torch
 from torch import nn
-
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .._validation import as_input_tensor, check_finite, check_pair, check_positive_int
