@@ -29,6 +29,15 @@ def test_rectified_tile_equals_rectified_bitwise(dtype, slopes):
     assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
     k_only, none = dual.rectified_tile_(c.clone(), q1, q2, *slopes, derivative=False, scratch=scratch)
     assert none is None and torch.equal(k, k_only)
+    # The GPU branch (no reductions read back to the host) gives the same values.
+    k_gpu, kdot_gpu = dual.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch, avoid_sync=True)
+    assert torch.equal(k, k_gpu) and torch.equal(kdot, kdot_gpu)
+    # A tile with no zero variance and no correlation near ±1, where the CPU branch skips the clamp and the snap.
+    c, q1, q2 = 0.3 * c, q1 + 0.1, q2 + 0.1
+    expected = dual.rectified(c, q1, q2, *slopes)
+    for avoid_sync in (False, True):
+        got = dual.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch, avoid_sync=avoid_sync)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def _out_of_place(monkeypatch):

@@ -174,30 +174,37 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
 
 
 def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True,
-                    scratch=None):
+                    scratch=None, avoid_sync: bool | None = None):
     """``rectified`` on a flat tile, overwriting ``c`` with K: bitwise the same values as ``rectified`` (the same
     IEEE operations in the same order, no fused multiply-adds), in three scratch buffers instead of ~20 fresh
     tile-sized allocations. The eager flat engine runs it where nothing needs derivatives: on a CPU, memory traffic
-    is most of the tile's cost (N = 4,000 ReLU MLP: ~1.4x faster; benchmarks/analytic_kernel.py)."""
+    is most of the tile's cost (N = 4,000 ReLU MLP: ~1.4x faster; benchmarks/analytic_kernel.py).
+
+    On a CPU, two cheap reductions decide whether the zero-norm clamp and the snap to ±1 are needed at all; on a
+    GPU (``avoid_sync``, default: any device but the CPU) both always run, since reading a reduction back would
+    make the host wait for the device. The values are the same either way."""
     from .scratch import empty
+
+    if avoid_sync is None:
+        avoid_sync = c.device.type != "cpu"
 
     finfo = torch.finfo(c.dtype)
     mix = (a - b) ** 2 / _TWO_PI
     even = (a * a + b * b) / 2.0
     root1, root2 = torch.sqrt(q1), torch.sqrt(q2)
     norm = torch.mul(root1, root2, out=empty(scratch, c.shape, c))  # √q1·√q2, as correlation() forms it
-    lowest = root1.min() * root2.min() if root1.numel() and root2.numel() else norm.new_ones(())
-    if bool(lowest == 0):  # rounding is monotone: only then can an entry of norm be 0 (see correlation())
+    # Rounding is monotone: only when the smallest roots' product is 0 can an entry of norm be 0 (correlation()).
+    if avoid_sync or not root1.numel() or not root2.numel() or bool(root1.min() * root2.min() == 0):
         rho = c.div_(torch.clamp(norm, min=smallest_subnormal(c.dtype)))
     else:
         rho = c.div_(norm)
     # correlation()'s clamp to [-1, 1] and snap to ±1 within 4 ulps, entry for entry, in one read of the tile
     # when nothing needs either (off-diagonal tiles without duplicates or negated points, the common case).
     edge = 1.0 - 4.0 * finfo.eps
-    low, high = torch.aminmax(rho)
-    if bool(high > edge):
+    low, high = (None, None) if avoid_sync else torch.aminmax(rho)
+    if avoid_sync or bool(high > edge):
         rho.masked_fill_(rho > edge, 1.0)
-    if bool(low < -edge):
+    if avoid_sync or bool(low < -edge):
         rho.masked_fill_(rho < -edge, -1.0)
     kdot = torch.arccos(rho, out=empty(scratch, c.shape, c)).mul_(-mix).add_(even)  # even − mix·θ
     sin_theta = torch.mul(rho, rho, out=empty(scratch, c.shape, c)).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
