@@ -95,7 +95,7 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     bar = tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False)
     started = time.perf_counter()
     tuner = ThreadTuner(x1.device, len(tiles))  # busy CPUs: one thread may be faster (ntkit._threads)
-    with coefficient_cache():  # quadrature activations: each block of points' coefficients once
+    with coefficient_cache():  # per-block values (quadrature coefficients, variances) once per layer, not per tile
         for i, j in bar:
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True

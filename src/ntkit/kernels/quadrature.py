@@ -178,7 +178,8 @@ _CACHE_ENTRIES = 512
 @contextmanager
 def coefficient_cache():
     """Within this block, the quadrature duals reuse the Hermite coefficients and 1-D moments they computed for the
-    same functions and variances.
+    same functions and variances, and any other per-block value computed through ``memoized`` (the closed-form
+    activations' propagated variances, ``layers.activations``).
 
     A tiled kernel evaluation asks for the coefficients of the same points once per tile (each block of rows meets
     every block of columns, and the variances of a block are bitwise the same in every tile): the engines enter
