@@ -11,7 +11,7 @@ eager pass, and the compiled pass (``fused=True``) once warm. Separately:
 * peak memory of N = 20,000 with tiling (CPU), measured in a fresh subprocess (peak RSS above the baseline).
 
     .venv/bin/python benchmarks/analytic_kernel.py [--repeats 5] [--device cpu|cuda] [--sizes 1000 4000]
-                                                   [--skip-large] [--skip-first-call]
+                                                   [--skip-large] [--skip-first-call] [--skip-fused]
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0,
     return nngp, ntk
 
 
-def first_calls(n: int, device: str) -> dict:
+def first_calls(n: int, device: str, fused: bool = True) -> dict:
     """In fresh processes: seconds of the first default call at N = n, and of the first fused (compiled) call."""
     out = {}
-    for name, option in (("default", "None"), ("fused", "True")):
+    for name, option in (("default", "None"), ("fused", "True"))[:2 if fused else 1]:
         code = f"""
 import json, time, torch, ntkit as nk
 x = torch.randn({n}, 64, generator=torch.Generator().manual_seed(0)).to("{device}")
@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--skip-large", action="store_true", help="skip the N = 20,000 memory probe (CPU)")
     parser.add_argument("--skip-first-call", action="store_true", help="skip the fresh-process first calls")
+    parser.add_argument("--skip-fused", action="store_true",
+                        help="skip fused=True (torch.compile: tens of seconds per size on a GPU)")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -103,17 +105,25 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         x = torch.randn(n, 64).to(device)
-        ref_nngp, ref_ntk = eager_reference(x)
-        k = arch.kernel(x, fused=False)
-        off = ~torch.eye(n, dtype=torch.bool, device=device)
-        rel = ((k.ntk - ref_ntk)[off].abs().max() / ref_ntk.abs().max()).item()
-        del ref_nngp, ref_ntk, k
-        eager_t, _ = median_time(lambda: eager_reference(x), args.repeats, device)
+        try:  # the full-grid competitor holds ~10 N×N temporaries: past the device's memory at large N
+            ref_nngp, ref_ntk = eager_reference(x)
+        except torch.OutOfMemoryError:
+            ref_nngp = ref_ntk = None
+        rel = eager_t = fused_t = math.nan
+        if ref_ntk is not None:
+            k = arch.kernel(x, fused=False)
+            off = ~torch.eye(n, dtype=torch.bool, device=device)
+            rel = ((k.ntk - ref_ntk)[off].abs().max() / ref_ntk.abs().max()).item()
+            del ref_nngp, ref_ntk, k, off
+            eager_t, _ = median_time(lambda: eager_reference(x), args.repeats, device)
+        else:
+            print(json.dumps(dict(n=n, eager="out of device memory")), flush=True)
         fresh = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)  # no eager seconds spent yet
         default_t, _ = median_time(lambda: fresh.kernel(x), args.repeats, device)
         tiled_t, _ = median_time(lambda: arch.kernel(x, fused=False), args.repeats, device)
-        arch.kernel(x, fused=True)  # compile outside the measurement
-        fused_t, _ = median_time(lambda: arch.kernel(x, fused=True), args.repeats, device)
+        if not args.skip_fused:
+            arch.kernel(x, fused=True)  # compile outside the measurement
+            fused_t, _ = median_time(lambda: arch.kernel(x, fused=True), args.repeats, device)
         rows.append(dict(n=n, eager_s=eager_t, default_s=default_t, tiled_s=tiled_t, fused_s=fused_t,
                          max_offdiag_rel_diff=rel))
         print(json.dumps(rows[-1]), flush=True)
@@ -127,10 +137,11 @@ def main() -> None:
               f"{r['eager_s'] / r['fused_s']:.1f}x | {r['max_offdiag_rel_diff']:.1e} |")
 
     if not args.skip_first_call:
-        first = first_calls(4000, args.device)
+        first = first_calls(4000, args.device, fused=not args.skip_fused)
         print(json.dumps(dict(first_call_n4000=first)))
-        print(f"\nFirst call at N = 4,000 in a fresh process: default {first['default']:.2f} s, fused=True "
-              f"{first['fused']:.1f} s (torch.compile's cost on this device)")
+        print(f"\nFirst call at N = 4,000 in a fresh process: default {first['default']:.2f} s" +
+              (f", fused=True {first['fused']:.1f} s (torch.compile's cost on this device)" if "fused" in first
+               else ""))
 
     if not args.skip_large and device.type == "cpu":
         probe = large_memory_probe(20000)

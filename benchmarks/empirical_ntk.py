@@ -8,8 +8,10 @@ per parameter, summed over parameters. Both run in this process on the same floa
 Workloads (issue 3): the MLP of width 512, 3 hidden layers, d = 64, N = 256 with O = 1 and O = 10 (full);
 width 2048, N = 128; the tutorial's CNN (three 3x3 convolutions of 32 channels, ReLU after the first two, then
 Linear(21632, 10)) on 64 x 3 x 32 x 32 inputs, full and trace; and N = 4,096 for the first MLP (ntkit only: the
-tutorial's two Jacobians alone would need 17 GiB). ntkit is called as a user would, with x2=None; the tutorial
-as written, with x1 = x2 = x (it computes both Jacobians).
+tutorial's two Jacobians alone would need 17 GiB). With ``--large`` (the default on CUDA), issue 11's GPU goals'
+sizes too: the CNN at N = 256, torchvision's ResNet-18 (written out here, eval mode, 10 classes) at N = 32 and
+256 (trace), and MLPs of width 512 and 2048 at N = 1,024. ntkit is called as a user would, with x2=None; the
+tutorial as written, with x1 = x2 = x (it computes both Jacobians).
 
 Timings are medians over repeats after a warm-up on 4 points. Peak memory is measured in a fresh process per
 workload and implementation (this script with --memory-of), started with MALLOC_MMAP_THRESHOLD_=65536 so that
@@ -20,6 +22,7 @@ On CUDA (``--device cuda``) both run on the GPU, timings wait for the device, an
 torch's peak allocated GPU memory over one run, in this process.
 
     .venv/bin/python benchmarks/empirical_ntk.py [--repeats 5] [--competitor-repeats 3] [--skip-slow]
+                                                 [--large | --no-large]
                                                  [--device cpu|cuda]
 """
 
@@ -75,23 +78,73 @@ class TutorialCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: two 3x3 conv + BatchNorm, ReLU, identity or 1x1-conv shortcut."""
+
+    def __init__(self, channels_in: int, channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut = nn.Identity() if stride == 1 and channels_in == channels else nn.Sequential(
+            nn.Conv2d(channels_in, channels, 1, stride, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        out = self.bn1(self.conv1(x)).relu()
+        return (self.bn2(self.conv2(out)) + self.shortcut(x)).relu()
+
+
+class ResNet18(nn.Module):
+    """torchvision's ``resnet18(num_classes=10)`` written out (torchvision is not a dependency): 7x7/2 stem, 3x3/2
+    max-pool, four stages of two BasicBlocks (64, 128, 256, 512 channels), global average pool, Linear. 11.2M
+    parameters; used in eval mode (BatchNorm from running statistics), as in issue 11's table."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        blocks, channels_in = [], 64
+        for channels, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(channels_in, channels, stride), BasicBlock(channels, channels, 1)]
+            channels_in = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
 def mlp(width: int, outputs: int) -> nn.Module:
     return nk.mlp(3, width, out_features=outputs, b_std=0.1).build(64, seed=0)
 
 
-def workloads(skip_slow: bool):
-    """(name, model, inputs, output, run the tutorial too)."""
+def workloads(skip_slow: bool, large: bool = False):
+    """(name, model, inputs, output, run the tutorial too). ``large`` adds the GPU goals' sizes (issue 11: the
+    tutorial CNN and ResNet-18 at N = 64-256, MLPs at N >= 1,024); they are appended, so indices stay fixed."""
     g = torch.Generator().manual_seed(0)
     x256 = torch.randn(256, 64, generator=g)
     torch.manual_seed(0)
     cnn, images = TutorialCNN(), torch.randn(64, 3, 32, 32, generator=g)
-    return [
+    base = [
         ("MLP w=512, N=256, O=1, full", mlp(512, 1), x256, "full", True),
         ("MLP w=512, N=256, O=10, full", mlp(512, 10), x256, "full", not skip_slow),
         ("MLP w=2048, N=128, O=1, full", mlp(2048, 1), x256[:128], "full", True),
         ("tutorial CNN, N=64, O=10, full", cnn, images, "full", True),
         ("tutorial CNN, N=64, O=10, trace", cnn, images, "trace", True),
         ("MLP w=512, N=4096, O=1, full", mlp(512, 1), torch.randn(4096, 64, generator=g), "full", False),
+    ]
+    if not large:
+        return base
+    torch.manual_seed(0)
+    resnet, cifar = ResNet18(), torch.randn(256, 3, 32, 32, generator=g)
+    x1024 = torch.randn(1024, 64, generator=g)
+    return base + [
+        ("tutorial CNN, N=256, O=10, trace", cnn, torch.randn(256, 3, 32, 32, generator=g), "trace", True),
+        ("ResNet-18 (eval), N=32, O=10, trace", resnet, cifar[:32], "trace", True),
+        ("ResNet-18 (eval), N=256, O=10, trace", resnet, cifar, "trace", True),
+        ("MLP w=512, N=1024, O=1, full", mlp(512, 1), x1024, "full", True),
+        ("MLP w=2048, N=1024, O=1, full", mlp(2048, 1), x1024, "full", True),
     ]
 
 
@@ -137,7 +190,7 @@ def _implementation(implementation: str, model, output: str):
 
 
 def _child_memory(index: int, implementation: str) -> None:
-    name, model, x, output, _ = workloads(False)[index]
+    name, model, x, output, _ = workloads(False, large=True)[index]
     model.eval()
     run = _implementation(implementation, model, output)
     run(x[:4])  # warm-up
@@ -169,6 +222,9 @@ def main() -> None:
     parser.add_argument("--skip-slow", action="store_true", help="skip the tutorial on MLP O=10 (about a minute "
                                                                     "per run and 11 GiB)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--large", action=argparse.BooleanOptionalAction, default=None,
+                        help="also the GPU goals' sizes: CNN N=256, ResNet-18 N=32/256, MLPs N=1,024 (default: on "
+                             "CUDA only)")
     parser.add_argument("--memory-of", nargs=2, metavar=("INDEX", "IMPLEMENTATION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
@@ -177,7 +233,8 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {device_description(device)}, float32")
     rows = []
-    for index, (name, model, x, output, run_competitor) in enumerate(workloads(args.skip_slow)):
+    large = device.type == "cuda" if args.large is None else args.large
+    for index, (name, model, x, output, run_competitor) in enumerate(workloads(args.skip_slow, large)):
         model, x = model.to(device).eval(), x.to(device)
         with torch.no_grad():
             outputs = model(x[:1]).numel()

@@ -226,7 +226,7 @@ def test_forward_mode_derivative_is_finite_and_exact_at_perfect_correlation():
 def test_coefficients_are_computed_once_per_block_of_points_and_change_nothing(monkeypatch):
     """Within one arch.kernel call each block of points' Hermite coefficients is computed once per activation (a
     block meets every other block in some tile): same values as one big tile, and nothing outlives the call."""
-    from ntkit.kernels import quadrature
+    from ntkit.kernels import cache, quadrature
 
     calls = []
     original = quadrature._coefficients_and_moments
@@ -235,7 +235,7 @@ def test_coefficients_are_computed_once_per_block_of_points_and_change_nothing(m
     x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     tiled = arch.kernel(x, batch_size=10)  # 4 blocks, 10 tiles on and above the diagonal
     assert len(calls) == 4 * 2  # 4 blocks x 2 tanh layers (20 per tile pair without the cache)
-    assert quadrature._CACHE.get() is None
+    assert cache._CACHE.get() is None
     calls.clear()
     whole = arch.kernel(x, batch_size=40)
     torch.testing.assert_close(tiled.ntk, whole.ntk, rtol=1e-13, atol=0)

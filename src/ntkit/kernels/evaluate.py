@@ -17,7 +17,7 @@ from .._memory import check_fits
 from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
-from .quadrature import carries_derivatives, coefficient_cache
+from .cache import carries_derivatives, coefficient_cache
 from .scratch import Scratch
 from .spatial_plan import device_info
 

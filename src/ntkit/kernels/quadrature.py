@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
-from contextvars import ContextVar
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -57,13 +55,13 @@ import torch
 import torch.nn.functional as F
 from scipy.special import roots_hermitenorm
 
+from .cache import memoized
 from .dual import correlation
 
 Tensor = torch.Tensor
 Elementwise = Callable[[Tensor], Tensor]
 
 __all__ = ["MAX_RULE_POINTS", "DEFAULT_DEGREE", "hermite_rule", "rule_points", "hermite_coefficients",
-           "coefficient_cache",
            "mehler_sum", "dual_by_quadrature", "variance_by_quadrature", "self_dual_by_quadrature",
            "derivative_by_autograd"]
 
@@ -168,55 +166,6 @@ def _scaled_nodes(q: Tensor, points: int, work: torch.dtype) -> tuple[Tensor, Te
     positive = q > 0
     sd = torch.where(positive, torch.where(positive, q, torch.ones_like(q)).sqrt(), torch.zeros_like(q))
     return sd[:, None] * nodes, weights
-
-
-# Coefficients already computed during one kernel evaluation (see ``coefficient_cache``), or None outside one.
-_CACHE: ContextVar[dict | None] = ContextVar("ntkit_quadrature_cache", default=None)
-_CACHE_ENTRIES = 512
-
-
-@contextmanager
-def coefficient_cache():
-    """Within this block, the quadrature duals reuse the Hermite coefficients and 1-D moments they computed for the
-    same functions and variances, and any other per-block value computed through ``memoized`` (the closed-form
-    activations' propagated variances, ``layers.activations``).
-
-    A tiled kernel evaluation asks for the coefficients of the same points once per tile (each block of rows meets
-    every block of columns, and the variances of a block are bitwise the same in every tile): the engines enter
-    this block for one evaluation, so each block's coefficients are computed once per layer, and nothing outlives
-    the call. Inputs that carry derivatives (autograd, forward AD, torch.func) are never cached."""
-    token = _CACHE.set({})
-    try:
-        yield
-    finally:
-        _CACHE.reset(token)
-
-
-def carries_derivatives(q: Tensor) -> bool:
-    """Whether ``q`` takes part in a derivative: autograd, forward AD or a torch.func transform."""
-    from torch.autograd import forward_ad
-
-    functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)()
-    return q.requires_grad or functorch_active or forward_ad.unpack_dual(q).tangent is not None
-
-
-def memoized(key: tuple, q: Tensor, compute: Callable[[], Tensor]):
-    """``compute()``, a function of ``q``'s values in order (not of its shape) and of ``key``, reused within a
-    ``coefficient_cache`` block (the rows of one tile are the columns of another: (t, 1) and (1, t))."""
-    if torch.compiler.is_compiling():  # a compiled pass traces the arithmetic; nothing is looked up
-        return compute()
-    cache = _CACHE.get()
-    if cache is None or carries_derivatives(q):
-        return compute()
-    flat = q.reshape(-1)
-    entries = cache.setdefault((*key, flat.numel(), q.dtype, q.device), [])
-    for known, value in entries:
-        if torch.equal(known, flat):
-            return value
-    value = compute()
-    if len(entries) < _CACHE_ENTRIES:
-        entries.append((flat.clone(), value))
-    return value
 
 
 def hermite_coefficients(fns: Sequence[Elementwise], q: Tensor, degree: int) -> Tensor:

@@ -27,7 +27,7 @@ from .._threads import ThreadTuner
 from ..layers.base import Signature, apply_layer, output_forms, output_signatures
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
-from .quadrature import coefficient_cache
+from .cache import coefficient_cache
 from .scratch import Scratch
 from .spatial import diagonal, variance_layout
 from .spatial_plan import device_info, plan_spatial

@@ -24,8 +24,8 @@ from torch import nn
 from .._validation import check_positive_int
 from ..kernels import dual as duals
 from ..kernels.kernel import KernelState
-from ..kernels.quadrature import (DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature, memoized,
-                                 variance_by_quadrature)
+from ..kernels.cache import memoized
+from ..kernels.quadrature import DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature, variance_by_quadrature
 from .base import Layer, Signature
 
 __all__ = ["Activation", "ReLU", "LeakyReLU", "Abs", "Erf", "GELU", "Sin", "Cos", "Identity", "Tanh", "Sigmoid",
