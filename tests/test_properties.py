@@ -287,9 +287,33 @@ def test_mlp_float32_within_1e3_of_float64(spec, x):
     double = arch.kernel(x)
     single = arch.kernel(x.float())
     for name in ("nngp", "ntk"):
-        # The kinked NTK's √ε term (``_tolerances``) is the known limit pinned by tests/kernels/test_stability.py's
-        # xfail: 3e-4 for near-duplicate points in float32, 2e-2 for a zero row and a row of size 1e-3 under Abs.
         _assert_close(single[name], double[name], max(1e-3, tolerances[name]), f"float32 {name}")
+
+
+@_settings(100)
+@given(spec=mlp_specs(max_depth=10).filter(lambda spec: isinstance(spec["act"], KINKED)),
+       x=input_batches((5,), log_scales=(-3.0, 3.0)), nudge=st.floats(-5.0, -3.0))
+def test_mlp_float32_kinked_kernels_of_near_duplicates_are_float32_accurate(spec, x, nudge):
+    """ReLU/LeakyReLU/Abs nets in float32, a row and a copy nudged by 10^nudge of its size: 1 − ρ ~ 1e-7..1e-11,
+    a few float32 ulps or less, where K̇'s arccos ρ turned the rounding of ρ into ~√ε (3e-4 of max|K| for points
+    1e-3 apart). Such pairs are recomputed in float64 (kernels/near_parallel.py), so their entries are the float64
+    kernel of the same (float32) inputs rounded once: within 4 ulps of max|K|. The other entries: ``_tolerances``.
+    """
+    direction = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64) * x[0].norm() * 10.0 ** nudge
+    x = torch.cat([x, x[:1] + direction]).float()
+    arch = _mlp(spec)
+    _, _, amplification = _diagonal_reference(spec, x.double())
+    kinked = spec["depth"]
+    tolerances = _tolerances(torch.float32, amplification, kinked)
+    double = arch.kernel(x.double())  # the same float32 inputs, exactly
+    single = arch.kernel(x)
+    eps = torch.finfo(torch.float32).eps
+    for name in ("nngp", "ntk"):
+        _assert_close(single[name], double[name], tolerances[name], f"float32 {name}")
+        pair = (single[name][0, -1], double[name][0, -1])
+        top = float(double[name].abs().max())
+        gap = float((pair[0].double() - pair[1]).abs())
+        assert gap <= 4 * eps * top, f"near-duplicate pair's {name}: |difference| {gap:.3e} > 4 ulps of {top:.3e}"
 
 
 # ----- convolutional networks -------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ def _out_of_place(monkeypatch):
     nk.mlp(2, 8, activation="erf", b_std=0.1, parameterization="standard"),
 ], ids=["relu", "leaky", "residual", "erf-standard"])
 def test_kernel_in_place_equals_out_of_place_bitwise(monkeypatch, dtype, arch):
+    # Without the float64 recomputation of near-parallel float32 pairs (kernels/near_parallel.py), which only the
+    # in-place side would apply here: the rules themselves are compared.
+    monkeypatch.setattr(evaluate, "kinked_layers", lambda layers: [])
     g = torch.Generator().manual_seed(3)
     x = torch.randn(50, 6, generator=g, dtype=dtype)
     x[7] = x[3]  # a duplicate: ρ = 1 off the diagonal

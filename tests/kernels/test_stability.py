@@ -102,18 +102,3 @@ def test_layer_norm_of_subnormal_variances():
         assert _relative(single, double) < 1e-4
     x = 1e-22 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(nk.Serial(nk.Dense(4), nk.LayerNorm(), nk.Dense(1)).kernel(x).ntk).all())
-
-
-def test_float32_relu_ntk_of_near_duplicate_points_stays_within_its_conditioning_bound():
-    """A known limit, pinned: two points 1e-3 apart (relative) have 1 − ρ ~ 5e-7, a few float32 ulps, known only to
-    ±ε after the Gram and every Dense layer; K̇ = (a² + b²)/2 − (a − b)²/(2π)·arccos ρ has an infinite slope at
-    ρ = ±1, so θ is off by up to ~√ε per layer and the float32 NTK by ~3e-4 of max|K| (float64: 1e-8). The
-    problem itself is ill-conditioned there; computing float32 inputs' recursion in float64 (1.7x the CPU time) or
-    carrying the angle between the points through the layers would do better. Asserted: within layers·√ε, and
-    worse than float64's own rounding (so the test documents a real limit, not a fixed one)."""
-    generator = torch.Generator().manual_seed(0)
-    x0 = torch.randn(1, 10, generator=generator, dtype=torch.float64)
-    x = torch.cat([x0, x0 + 1e-3 * torch.randn(1, 10, generator=generator, dtype=torch.float64)])
-    arch = nk.mlp(3, 1, activation="relu", b_std=0.1)
-    error = _relative(arch.kernel(x.float()).ntk, arch.kernel(x).ntk)
-    assert 1e-6 < error < 3 * torch.finfo(torch.float32).eps ** 0.5

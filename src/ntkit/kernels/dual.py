@@ -24,6 +24,10 @@ Tensor = torch.Tensor
 _TWO_PI = 2.0 * math.pi
 
 
+# 1 − |ρ| below which a rectified dual's θ = arccos ρ is not resolved by float32 (see kernels/near_parallel.py)
+NEAR_PARALLEL = 1e-4
+
+
 def smallest_subnormal(dtype: torch.dtype) -> float:
     """The smallest positive number of ``dtype`` (2⁻¹⁴⁹ for float32): a norm is clamped to it only to turn 0/0 into
     0. Clamping to the smallest *normal* number (finfo.tiny) instead divided subnormal covariances by a larger
@@ -174,7 +178,7 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
 
 
 def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True,
-                    scratch=None, avoid_sync: bool | None = None):
+                    scratch=None, avoid_sync: bool | None = None, near_parallel: list | None = None):
     """``rectified`` on a flat tile, overwriting ``c`` with K: bitwise the same values as ``rectified`` (the same
     IEEE operations in the same order, no fused multiply-adds), in three scratch buffers instead of ~20 fresh
     tile-sized allocations. The eager flat engine runs it where nothing needs derivatives: on a CPU, memory traffic
@@ -182,7 +186,10 @@ def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, deriv
 
     On a CPU, two cheap reductions decide whether the zero-norm clamp and the snap to ±1 are needed at all; on a
     GPU (``avoid_sync``, default: any device but the CPU) both always run, since reading a reduction back would
-    make the host wait for the device. The values are the same either way."""
+    make the host wait for the device. The values are the same either way.
+
+    ``near_parallel``: a list to which, when the same reduction shows a correlation within ``NEAR_PARALLEL`` of ±1
+    (CPU only), the mask of such entries is appended: there float32 cannot resolve θ (kernels.near_parallel)."""
     from .scratch import empty
 
     if avoid_sync is None:
@@ -201,10 +208,12 @@ def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, deriv
     # correlation()'s clamp to [-1, 1] and snap to ±1 within 4 ulps, entry for entry, in one read of the tile
     # when nothing needs either (off-diagonal tiles without duplicates or negated points, the common case).
     edge = 1.0 - 4.0 * finfo.eps
-    low, high = (None, None) if avoid_sync else torch.aminmax(rho)
-    if avoid_sync or bool(high > edge):
+    low, high = (-1.0, 1.0) if avoid_sync else (float(v) for v in torch.aminmax(rho))
+    if near_parallel is not None and not avoid_sync and (high > 1.0 - NEAR_PARALLEL or low < NEAR_PARALLEL - 1.0):
+        near_parallel.append(rho.abs() > 1.0 - NEAR_PARALLEL)  # rare: duplicates, and a diagonal tile's diagonal
+    if avoid_sync or high > edge:  # float(): NaN compares False, as bool(tensor > edge) did
         rho.masked_fill_(rho > edge, 1.0)
-    if avoid_sync or bool(low < -edge):
+    if avoid_sync or low < -edge:
         rho.masked_fill_(rho < -edge, -1.0)
     kdot = torch.arccos(rho, out=empty(scratch, c.shape, c)).mul_(-mix).add_(even)  # even − mix·θ
     sin_theta = torch.mul(rho, rho, out=empty(scratch, c.shape, c)).neg_().add_(1.0).clamp_(min=0.0).sqrt_()

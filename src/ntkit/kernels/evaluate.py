@@ -18,6 +18,7 @@ from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
 from .cache import carries_derivatives, coefficient_cache
+from .near_parallel import NearParallelRefiner, float64_self_kernels, kinked_layers
 from .scratch import Scratch
 from .spatial_plan import device_info
 
@@ -26,10 +27,11 @@ __all__ = ["evaluate_kernel", "evaluate_diagonal", "run_layers", "FUSE_MIN_ENTRI
 _PROGRESS_MIN_TILES = 64
 
 
-def run_layers(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=None):
-    """The layer rules on one tile; with a ``scratch`` pool they may overwrite ``gram`` (``KernelState.in_place``)."""
+def run_layers(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=None, near_parallel=None):
+    """The layer rules on one tile; with a ``scratch`` pool they may overwrite ``gram`` (``KernelState.in_place``);
+    rules append masks of pairs float32 cannot resolve to ``near_parallel`` (``KernelState.near_parallel``)."""
     state = KernelState(nngp=gram, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=width,
-                        gaussian=False, scratch=scratch, in_place=scratch is not None)
+                        gaussian=False, scratch=scratch, in_place=scratch is not None, near_parallel=near_parallel)
     for layer in layers:
         state = layer.kernel_rule(state, need_ntk)
     return state.nngp, state.ntk
@@ -38,8 +40,8 @@ def run_layers(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=Non
 def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
     """The per-tile function: eager, or compiled once per (architecture, get, width) and cached on it."""
 
-    def eager(gram, var1, var2, scratch=None):
-        return run_layers(layers, need_ntk, width, gram, var1, var2, scratch)
+    def eager(gram, var1, var2, scratch=None, near_parallel=None):
+        return run_layers(layers, need_ntk, width, gram, var1, var2, scratch, near_parallel)
 
     if not fuse:
         return eager
@@ -96,6 +98,14 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     started = time.perf_counter()
     tuner = ThreadTuner(x1.device, len(tiles))  # busy CPUs: one thread may be faster (ntkit._threads)
     with coefficient_cache():  # per-block values (quadrature coefficients, variances) once per layer, not per tile
+        # float32 pairs the rectified duals cannot resolve (ρ ≈ ±1) are recomputed in float64
+        # (kernels/near_parallel.py); in-place CPU tiles learn which from their rectified rules, others test ρ.
+        kinked = kinked_layers(layers) if x1.dtype == torch.float32 else []
+        refiner = None
+        if kinked and not (carries_derivatives(x1) or carries_derivatives(x2)):
+            refiner = NearParallelRefiner(lambda g, v1, v2: run_layers(layers, need_ntk, n0, g, v1, v2),
+                                          x1, x2, sq1, sq2, symmetric)
+        rules_report = kind == "cpu" and all(any(inner is layer for layer in layers) for inner in kinked)
         for i, j in bar:
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True
@@ -109,11 +119,12 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 gram = torch.matmul(x1[rows], x2[cols].T, out=scratch.empty(shape, x1)).div_(n0)
             if symmetric and i == j:
                 gram.diagonal().copy_(sq1[rows])  # exactly |x|²/n0, so a point's self-correlation is exactly 1
+            masks = [] if refiner is not None and rules_report and scratch is not None and not fuse else None
             try:
                 if fuse:
                     nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
                 else:
-                    nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols], scratch)
+                    nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols], scratch, masks)
             except Exception as err:  # torch.compile unavailable here (no compiler, unsupported backend)
                 if not fuse or fused:
                     raise
@@ -123,6 +134,11 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 arch._fused_steps[(need_ntk, n0)] = False
                 step = _step_function(arch, layers, need_ntk, n0, False)
                 nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
+            if refiner is not None:
+                buffer = None if masks is not None or scratch is None or fuse else scratch.empty(nngp.shape, nngp)
+                refiner.refine(nngp, ntk if need_ntk else None, masks, rows, cols, buffer)
+                if buffer is not None:
+                    scratch.give(buffer)
             for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
                 if out is None:
                     continue
@@ -132,6 +148,11 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             if scratch is not None and not fuse:
                 scratch.give(nngp, ntk)  # copied out: the next tile reuses their buffers
             tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
+        if refiner is not None and symmetric:  # the diagonal as the recomputed pairs: float64, rounded once
+            nngp, ntk = float64_self_kernels(refiner.run, x1, need_ntk)
+            for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
+                if out is not None:
+                    out.diagonal().copy_(value)
     if auto and not fuse:
         arch._eager_seconds[key] = spent_before + time.perf_counter() - started
     if symmetric:
@@ -146,8 +167,16 @@ def evaluate_diagonal(arch, x: torch.Tensor, *, get: tuple[str, ...]) -> Kernel:
     n0 = x.shape[1]
     check_fits((len(get) + max(layer.tile_cost for layer in arch.flatten()) + 4) * x.shape[0] * x.element_size(),
                x.device, f"the diagonal of the kernel(s) {get}", "Pass fewer points at once.")
-    sq = (x * x).sum(1) / n0
-    nngp, ntk = run_layers(arch.flatten(), "ntk" in get, n0, sq, sq, sq)
+    layers = arch.flatten()
+    if x.dtype == torch.float32 and kinked_layers(layers) and not carries_derivatives(x):
+        # as the kernel's own diagonal: in float64, rounded (kernels/near_parallel.py)
+        def run(gram, var1, var2):
+            return run_layers(layers, "ntk" in get, n0, gram, var1, var2)
+
+        nngp, ntk = float64_self_kernels(run, x, "ntk" in get)
+    else:
+        sq = (x * x).sum(1) / n0
+        nngp, ntk = run_layers(layers, "ntk" in get, n0, sq, sq, sq)
     out = {name: value for name, value in (("nngp", nngp), ("ntk", ntk)) if name in get}
     for name, value in out.items():
         _check_no_overflow(value, name.upper(), arch)

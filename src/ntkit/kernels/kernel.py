@@ -55,6 +55,8 @@ class KernelState:
         overwrite and recycle this state's tensors (False where a composite layer still needs them)
     in_place: the flat engine's eager tiles: rules may overwrite ``nngp``/``ntk`` (nothing else holds them and no
         derivatives are taken) and take buffers from ``scratch``; rules that do must give bitwise the same values
+    near_parallel: the flat engine's float32 CPU tiles: a list to which rules whose duals float32 cannot resolve
+        near ρ = ±1 append masks of such entries, recomputed in float64 (:mod:`ntkit.kernels.near_parallel`)
     """
 
     nngp: Tensor
@@ -72,6 +74,7 @@ class KernelState:
     in_place: bool = False
     self1: object = None
     self2: object = None
+    near_parallel: list | None = None
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)

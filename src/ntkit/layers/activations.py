@@ -176,6 +176,7 @@ class _Rectified(_ClosedForm):
 
     slopes: tuple[float, float] = (1.0, 0.0)
     in_place_tile_cost = 3  # norm, K̇ and sin θ (kernels.dual.rectified_tile_)
+    kinked = True  # θ = arccos ρ: float32 cannot resolve it near ρ = ±1 (kernels.near_parallel)
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, *self.slopes, derivative)
@@ -187,7 +188,8 @@ class _Rectified(_ClosedForm):
         if not state.in_place:
             return super().kernel_rule(state, need_ntk)
         # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual.rectified_tile_).
-        k, kdot = duals.rectified_tile_(state.nngp, state.var1, state.var2, *self.slopes, need_ntk, state.scratch)
+        k, kdot = duals.rectified_tile_(state.nngp, state.var1, state.var2, *self.slopes, need_ntk, state.scratch,
+                                        near_parallel=state.near_parallel)
         ntk = state.ntk.mul_(kdot) if need_ntk else None
         if need_ntk and state.scratch is not None:
             state.scratch.give(kdot)

@@ -1,0 +1,117 @@
+r"""Entries of a float32 kernel whose pair of points is nearly parallel (or antiparallel), recomputed in float64.
+
+The rectified duals (ReLU, LeakyReLU, Abs) contain θ = arccos ρ, whose slope is infinite at ρ = ±1. Two points
+1e-3 apart (relative) have 1 − ρ ≈ 5e-7, a few float32 ulps, and float32 stores c and q only to ±ε: θ comes out
+off by a large fraction of itself, and the float32 NTK by ~3e-4 of max|K| (float64: 1e-8). No float32 formula in
+(c, q1, q2) can do better: the information is gone once c is rounded.
+
+So the flat engine flags, per tile, the pairs whose correlation at the input of a rectified layer is within
+``NEAR_PARALLEL`` (1e-4) of ±1, and recomputes exactly those pairs' recursion in float64 from the float32 inputs
+(which float64 holds exactly). Where the engine's eager CPU tiles run every rectified layer in place, those rules
+report the pairs from the reduction they already take (``dual.rectified_tile_``): no cost for tiles without such
+pairs. Elsewhere (compiled tiles, GPUs, rectified layers inside residual branches) the engine tests the final
+NNGP against the rows' and columns' final variances (three tile passes): ρ close to 1 stays close to 1 through
+every layer rule (Dense with a bias and the rectified duals only raise it), so this catches pairs that become
+parallel inside the network, as a zero row and a tiny row do once a bias is added; it misses pairs antiparallel at
+a ReLU's input without a bias before it (x and nearly −x at the first layer with b_std = 0).
+
+Unflagged pairs have θ > √(2·1e-4) ≈ 0.014, where a few ulps of ρ move K̇ by ~ε/θ: below 1e-5 of the kernel's
+scale per layer. A symmetric kernel's diagonal, and ``kernel_diagonal``, are computed the same way (O(N)), so that
+a point and its copy keep bitwise equal values. Not applied to float64 inputs (accurate already), to inputs that
+carry derivatives (the float32 values are what is differentiated), nor to the spatial engine.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dual import NEAR_PARALLEL
+
+__all__ = ["NearParallelRefiner", "kinked_layers", "float64_self_kernels"]
+
+Tensor = torch.Tensor
+
+
+def _walk(layer):
+    """A layer and every layer inside it (Serial's layers, Residual's block and shortcut, ...)."""
+    yield layer
+    for value in getattr(layer, "__dict__", {}).values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if hasattr(item, "kernel_rule"):
+                yield from _walk(item)
+
+
+def kinked_layers(layers) -> list:
+    """The layers (nested ones included) whose dual float32 cannot resolve near ρ = ±1 (``kinked``)."""
+    return [inner for layer in layers for inner in _walk(layer) if getattr(inner, "kinked", False)]
+
+
+def float64_self_kernels(run, x: Tensor, need_ntk: bool) -> tuple[Tensor, Tensor | None]:
+    """K(x_i, x_i) in float64, rounded to x's dtype: the diagonal that recomputed pairs agree with (a point and its
+    copy then get bitwise the same values, so duplicates leave the kernel positive semidefinite), and what
+    ``kernel_diagonal`` returns for the same inputs. ``run`` as for ``NearParallelRefiner``."""
+    wide = x.double()
+    sq = (wide * wide).sum(1) / x.shape[1]
+    nngp, ntk = run(sq, sq, sq)
+    return nngp.to(x.dtype), (ntk.to(x.dtype) if need_ntk else None)
+
+
+def _inverse_roots(q: Tensor) -> Tensor:
+    """1/√q with zero variances mapped to a large finite number (0·that = 0: a zero row is never flagged by it)."""
+    return torch.rsqrt(torch.clamp(q, min=torch.finfo(q.dtype).tiny))
+
+
+class NearParallelRefiner:
+    """Recomputes one call's near-parallel float32 pairs. ``run(gram, var1, var2)`` is the layer stack on 1-D
+    pairs (``evaluate.run_layers`` without a scratch pool); sq1, sq2 the inputs' |x|²/n0."""
+
+    def __init__(self, run, x1: Tensor, x2: Tensor, sq1: Tensor, sq2: Tensor, symmetric: bool):
+        self.run, self.x1, self.x2, self.sq1, self.sq2 = run, x1, x2, sq1, sq2
+        self.symmetric, self.width = symmetric, x1.shape[1]
+        self._final: tuple[Tensor, Tensor] | None = None
+        self.refined = 0  # pairs recomputed in this call (tests read it)
+
+    def _final_inverse_roots(self) -> tuple[Tensor, Tensor]:
+        """1/√ of the rows' and columns' final-layer variances (the NNGP's diagonal, O(N)), computed once."""
+        if self._final is None:
+            first = _inverse_roots(self.run(self.sq1, self.sq1, self.sq1)[0])
+            self._final = first, (first if self.symmetric else _inverse_roots(self.run(self.sq2, self.sq2,
+                                                                                       self.sq2)[0]))
+        return self._final
+
+    def _parallel_at_output(self, nngp: Tensor, rows: slice, cols: slice, buffer: Tensor | None) -> Tensor | None:
+        """|ρ| > 1 − NEAR_PARALLEL of the final NNGP as a mask, or None when no entry is (one reduction decides)."""
+        left, right = self._final_inverse_roots()
+        ratio = torch.mul(nngp, left[rows, None], out=buffer).mul_(right[None, cols])
+        low, high = torch.aminmax(ratio)
+        if not bool((high > 1.0 - NEAR_PARALLEL) | (low < NEAR_PARALLEL - 1.0)):
+            return None
+        return ratio.abs_() > 1.0 - NEAR_PARALLEL
+
+    def refine(self, nngp: Tensor, ntk: Tensor | None, masks: list | None, rows: slice, cols: slice,
+               buffer: Tensor | None = None) -> None:
+        """Overwrite the tile's flagged pairs with their float64 values: those in ``masks`` (reported by the rules),
+        or with ``masks=None`` those nearly parallel at the output. A diagonal tile's own diagonal (a point with
+        itself) is skipped: the engine sets the whole diagonal from ``float64_self_kernels`` once."""
+        if masks is None:
+            flags = self._parallel_at_output(nngp, rows, cols, buffer)
+        else:
+            flags = None
+            for mask in masks:
+                flags = mask if flags is None else flags.logical_or_(mask)
+        if flags is None:
+            return
+        if self.symmetric and rows == cols:
+            flags.fill_diagonal_(False)
+        ii, jj = flags.nonzero(as_tuple=True)
+        if not ii.numel():
+            return
+        r, c = self.x1[rows].double(), self.x2[cols].double()
+        gram = (r @ c.T)[ii, jj] / self.width  # a tile Gram: cheaper than gathering k rows of both
+        var1 = (r * r).sum(1)[ii] / self.width  # as float64_self_kernels forms them (per row: the same sums)
+        var2 = (c * c).sum(1)[jj] / self.width
+        nngp64, ntk64 = self.run(gram, var1, var2)
+        nngp[ii, jj] = nngp64.to(nngp.dtype)
+        if ntk is not None:
+            ntk[ii, jj] = ntk64.to(ntk.dtype)
+        self.refined += int(ii.numel())
