@@ -396,3 +396,20 @@ def test_inference_mode_with_dtype_casts(method):
         torch.testing.assert_close(kernel, reference, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(with_x2, references[0][:, :2].diagonal(dim1=2, dim2=3), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(nngp, empirical_nngp(net32, x64), rtol=0, atol=0)
+
+
+def test_the_probes_largest_intermediate_is_the_same_kept_on_the_device():
+    """On GPUs the probe keeps each op's |max| on the device (no wait per op) and reads it once: the same value
+    as the host's float comparison, infinities and NaN ignored alike (checked here through the device branch)."""
+    from ntkit.empirical.probe import _UsageWatcher
+
+    values = [torch.tensor(3.0), torch.tensor(float("inf")), torch.tensor(float("nan")),
+              torch.tensor(5.0, dtype=torch.float16), torch.tensor(-1.0).abs(), torch.tensor(4.0, dtype=torch.float64)]
+    host, device = _UsageWatcher({}, []), _UsageWatcher({}, [])
+    for value in values:
+        host._note_largest(value, on_host=True)
+        device._note_largest(value, on_host=False)
+    assert host.largest == device.largest == 5.0
+    nan_first = _UsageWatcher({}, [])
+    nan_first._note_largest(torch.tensor(float("nan")), on_host=False)
+    assert nan_first.largest == 0.0

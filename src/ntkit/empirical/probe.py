@@ -82,7 +82,14 @@ class _UsageWatcher(TorchFunctionMode):
         self.owner_of, self.stack = owner_of, stack
         self.foreign: set[int] = set()
         self.created_bytes = 0
-        self.largest = 0.0  # the largest |value| of any floating tensor the model computes (rounding's scale)
+        self._largest = 0.0  # the largest finite |value| of any floating tensor the model computes (on CPUs)
+        self._device_largest: dict = {}  # per other device, the same as a 0-dim tensor: read once, at the end
+
+    @property
+    def largest(self) -> float:
+        """The largest finite |value| of any floating tensor the model computed (rounding's scale). On GPUs each
+        op's maximum stays on the device until this is read, so the probe does not wait for the device per op."""
+        return max([self._largest, *(float(t) for t in self._device_largest.values())])
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -96,10 +103,19 @@ class _UsageWatcher(TorchFunctionMode):
             for leaf in _tensors(result):
                 self.created_bytes += leaf.numel() * leaf.element_size()
                 if leaf.is_floating_point() and leaf.numel():
-                    largest = float(leaf.detach().abs().amax())
-                    if largest > self.largest and largest != float("inf"):
-                        self.largest = largest
+                    self._note_largest(leaf.detach().abs().amax())
         return result
+
+    def _note_largest(self, value: torch.Tensor, on_host: bool | None = None) -> None:
+        """Keep the largest finite ``value`` (a 0-dim |max|): as a float on the CPU, on its device elsewhere."""
+        if value.device.type == "cpu" if on_host is None else on_host:
+            largest = float(value)
+            if largest > self._largest and largest != float("inf"):
+                self._largest = largest
+            return
+        value = torch.where(torch.isinf(value), 0.0, value.double())
+        known = self._device_largest.get(value.device)  # fmax ignores NaN, as the float comparison does
+        self._device_largest[value.device] = value if known is None else torch.fmax(known, value)
 
 
 def _candidates(fn: ModelFunction) -> tuple[list[FastLayer], dict[str, str]]:
