@@ -21,7 +21,8 @@ step() {  # step NAME SECONDS COMMAND...
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$logs/$name.log"
 }
 
-step environment 30 bash -c 'nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"'
+step environment 30 bash -c \
+    'nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"'
 # Default vs eager at N = 4,000 and 20,000 with the compiled pass and the fresh-process first calls (goals:
 # default >= 2x eager; first call <= 2 s; the fused first call sets COMPILE_SECONDS["cuda"]), then N = 50,000
 # (10 GB of output per kernel) without compiling.
