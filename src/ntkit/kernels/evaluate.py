@@ -18,7 +18,7 @@ from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
 from .cache import carries_derivatives, coefficient_cache
-from .near_parallel import NearParallelRefiner, float64_self_kernels, kinked_layers
+from .near_parallel import NearParallelRefiner, float64_self_kernels, kinked_layers, refinable
 from .scratch import Scratch
 from .spatial_plan import device_info
 
@@ -100,9 +100,9 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     with coefficient_cache():  # per-block values (quadrature coefficients, variances) once per layer, not per tile
         # float32 pairs the rectified duals cannot resolve (ρ ≈ ±1) are recomputed in float64
         # (kernels/near_parallel.py); in-place CPU tiles learn which from their rectified rules, others test ρ.
-        kinked = kinked_layers(layers) if x1.dtype == torch.float32 else []
+        kinked = kinked_layers(layers) if refinable(x1, x2) else []
         refiner = None
-        if kinked and not (carries_derivatives(x1) or carries_derivatives(x2)):
+        if kinked:
             refiner = NearParallelRefiner(lambda g, v1, v2: run_layers(layers, need_ntk, n0, g, v1, v2),
                                           x1, x2, sq1, sq2, symmetric)
         rules_report = kind == "cpu" and all(any(inner is layer for layer in layers) for inner in kinked)
@@ -168,7 +168,7 @@ def evaluate_diagonal(arch, x: torch.Tensor, *, get: tuple[str, ...]) -> Kernel:
     check_fits((len(get) + max(layer.tile_cost for layer in arch.flatten()) + 4) * x.shape[0] * x.element_size(),
                x.device, f"the diagonal of the kernel(s) {get}", "Pass fewer points at once.")
     layers = arch.flatten()
-    if x.dtype == torch.float32 and kinked_layers(layers) and not carries_derivatives(x):
+    if refinable(x) and kinked_layers(layers):
         # as the kernel's own diagonal: in float64, rounded (kernels/near_parallel.py)
         def run(gram, var1, var2):
             return run_layers(layers, "ntk" in get, n0, gram, var1, var2)

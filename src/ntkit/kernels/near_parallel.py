@@ -18,7 +18,8 @@ a ReLU's input without a bias before it (x and nearly −x at the first layer wi
 Unflagged pairs have θ > √(2·1e-4) ≈ 0.014, where a few ulps of ρ move K̇ by ~ε/θ: below 1e-5 of the kernel's
 scale per layer. A symmetric kernel's diagonal, and ``kernel_diagonal``, are computed the same way (O(N)), so that
 a point and its copy keep bitwise equal values. Not applied to float64 inputs (accurate already), to inputs that
-carry derivatives (the float32 values are what is differentiated), nor to the spatial engine.
+carry derivatives (the float32 values are what is differentiated), on devices without float64 (MPS), nor to the
+spatial engine.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from .dual import NEAR_PARALLEL
 
-__all__ = ["NearParallelRefiner", "kinked_layers", "float64_self_kernels"]
+__all__ = ["NearParallelRefiner", "kinked_layers", "float64_self_kernels", "refinable"]
 
 Tensor = torch.Tensor
 
@@ -39,6 +40,14 @@ def _walk(layer):
         for item in value if isinstance(value, (tuple, list)) else (value,):
             if hasattr(item, "kernel_rule"):
                 yield from _walk(item)
+
+
+def refinable(*inputs: Tensor) -> bool:
+    """Whether the kernels of these inputs get their near-parallel pairs recomputed: float32 (float64 is accurate
+    already), on a device with float64 (not Apple's MPS), without derivatives to carry."""
+    from .cache import carries_derivatives
+
+    return all(x.dtype == torch.float32 and x.device.type != "mps" and not carries_derivatives(x) for x in inputs)
 
 
 def kinked_layers(layers) -> list:
