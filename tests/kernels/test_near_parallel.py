@@ -126,3 +126,48 @@ def test_float64_and_differentiated_inputs_are_left_alone(monkeypatch):
     tracked = x.float().requires_grad_()
     arch.kernel(tracked).ntk.sum().backward()
     assert not made and bool(torch.isfinite(tracked.grad).all())
+
+
+# ----- the convolutional engine -----------------------------------------------------------------------------------
+
+def _near_duplicate_images(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(1, 2, 6, 6, generator=g, dtype=torch.float64)
+    nudged = x0 + 1e-3 * torch.randn(1, 2, 6, 6, generator=g, dtype=torch.float64)
+    return torch.cat([x0, nudged, torch.randn(2, 2, 6, 6, generator=g, dtype=torch.float64), x0])  # row 4 = row 0
+
+
+@pytest.mark.parametrize("readout", ["flatten", "gap"])
+def test_float32_convolutional_kernels_of_near_duplicate_images_match_float64(readout, monkeypatch):
+    """Images 1e-3 apart: the float32 CNN-GP/CNTK was 2.8e-4 (flatten) and 3.4e-5 (GAP) off float64; their pairs
+    are now recomputed in float64, also when only the NTK is asked for and with x2 given."""
+    from ntkit.kernels import spatial_evaluate
+
+    arch = nk.cnn(depth=3, kernel_size=3, readout=readout, b_std=0.1)
+    x = _near_duplicate_images()
+    exact = arch.kernel(x)
+    single = arch.kernel(x.float())
+    for kernel in ("nngp", "ntk"):
+        assert _relative(getattr(single, kernel), getattr(exact, kernel)) < 2e-6, kernel
+    assert _relative(arch.kernel(x.float(), x[:2].float(), get="ntk").ntk, exact.ntk[:, :2]) < 2e-6
+    assert single.ntk[0, 4] == single.ntk[0, 0] == single.ntk[4, 4] == single.ntk[4, 0]  # a copy: its diagonal
+    monkeypatch.setattr(spatial_evaluate, "kinked_layers", lambda layers: [])
+    assert _relative(arch.kernel(x.float()).ntk, exact.ntk) > 1e-5
+
+
+def test_well_separated_images_recompute_nothing(monkeypatch):
+    from ntkit.kernels import spatial_evaluate
+
+    made = []
+
+    class Recording(near_parallel.SpatialPairs):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(spatial_evaluate, "SpatialPairs", Recording)
+    arch = nk.cnn(depth=2, kernel_size=3, readout="gap", b_std=0.1)
+    x = torch.randn(6, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    arch.kernel(x)
+    arch.kernel(torch.cat([x, x[:2] + 1e-4 * x[:2]]))  # two near-copies
+    assert made[0].refined == 0 and made[1].refined == 2

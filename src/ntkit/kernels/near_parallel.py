@@ -18,8 +18,8 @@ a ReLU's input without a bias before it (x and nearly −x at the first layer wi
 Unflagged pairs have θ > √(2·1e-4) ≈ 0.014, where a few ulps of ρ move K̇ by ~ε/θ: below 1e-5 of the kernel's
 scale per layer. A symmetric kernel's diagonal, and ``kernel_diagonal``, are computed the same way (O(N)), so that
 a point and its copy keep bitwise equal values. Not applied to float64 inputs (accurate already), to inputs that
-carry derivatives (the float32 values are what is differentiated), on devices without float64 (MPS), nor to the
-spatial engine.
+carry derivatives (the float32 values are what is differentiated), nor on devices without float64 (MPS). The
+convolutional engine tests its output instead (``SpatialPairs``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from .dual import NEAR_PARALLEL
 
-__all__ = ["NearParallelRefiner", "kinked_layers", "float64_self_kernels", "refinable"]
+__all__ = ["NearParallelRefiner", "kinked_layers", "float64_self_kernels", "refinable", "SpatialPairs"]
 
 Tensor = torch.Tensor
 
@@ -124,3 +124,55 @@ class NearParallelRefiner:
         if ntk is not None:
             ntk[ii, jj] = ntk64.to(ntk.dtype)
         self.refined += int(ii.numel())
+
+
+
+
+
+class SpatialPairs:
+    """The convolutional engine's version (``spatial_evaluate``): near-duplicate images had float32 kernels 3e-4
+    off. As the grid writes each group, ``note`` flags the pairs whose NNGP correlation K(x, x')/√(K(x, x) K(x', x'))
+    (computed whichever kernels were asked for; K(x, x) from the engine's self pass) is within ``NEAR_PARALLEL``
+    of ±1; ``finish`` recomputes them in float64, one ``arch.kernel`` call per row that has any, and for a
+    symmetric kernel sets the diagonal entries of the points involved from float64 self-kernels too, so that a
+    point and its copy keep equal values. Nothing is computed in float64 when no pair is flagged.
+
+    The test is on the network's output, not per position: it misses pairs nearly antiparallel at a ReLU's input
+    without a bias before it (x and nearly −x), as the flat engine's output test does. ``kernel_diagonal`` stays
+    in float32: equal to the refined diagonal entries to float32 rounding."""
+
+    def __init__(self, arch, x1: Tensor, x2: Tensor, symmetric: bool, get: tuple[str, ...], self1: Tensor,
+                 self2: Tensor):
+        self.arch, self.x1, self.x2, self.symmetric, self.get = arch, x1, x2, symmetric, get
+        self.left, self.right = _inverse_roots(self1), _inverse_roots(self2)
+        self.flagged: dict[int, list[int]] = {}  # row -> columns to recompute
+        self.refined = 0
+
+    def note(self, rows: slice, cols: slice, nngp: Tensor) -> None:
+        """Flag the near-parallel pairs of a group from its (t1, t2) NNGP (above the diagonal when symmetric)."""
+        flags = (nngp * self.left[rows, None] * self.right[None, cols]).abs_() > 1.0 - NEAR_PARALLEL
+        if self.symmetric:
+            row_index = torch.arange(rows.start, rows.stop, device=flags.device)[:, None]
+            flags &= torch.arange(cols.start, cols.stop, device=flags.device)[None, :] > row_index
+        if bool(flags.any()):
+            for i, j in flags.nonzero().tolist():
+                self.flagged.setdefault(rows.start + i, []).append(cols.start + j)
+
+    def finish(self, out: dict) -> None:
+        """Overwrite ``out`` ("nngp"/"ntk" -> (N1, N2)) at the flagged pairs (and their points' diagonal)."""
+        if not self.flagged:
+            return
+        if self.symmetric:
+            points = sorted({*self.flagged, *(j for columns in self.flagged.values() for j in columns)})
+            index = torch.tensor(points, device=self.x1.device)
+            selves = self.arch.kernel_diagonal(self.x1[index].double(), get=self.get)
+            for name, values in out.items():
+                values[index, index] = selves[name].to(values.dtype)
+        for row, columns in self.flagged.items():
+            columns = torch.tensor(columns, device=self.x1.device)
+            wide = self.arch.kernel(self.x1[row:row + 1].double(), self.x2[columns].double(), get=self.get)
+            for name, values in out.items():
+                values[row, columns] = wide[name][0].to(values.dtype)
+                if self.symmetric:
+                    values[columns, row] = values[row, columns]
+            self.refined += int(columns.numel())

@@ -28,6 +28,7 @@ from ..layers.base import Signature, apply_layer, output_forms, output_signature
 from .evaluate import _check_no_overflow
 from .kernel import Kernel, KernelState
 from .cache import coefficient_cache
+from .near_parallel import SpatialPairs, kinked_layers, refinable
 from .scratch import Scratch
 from .spatial import diagonal, variance_layout
 from .spatial_plan import device_info, plan_spatial
@@ -86,17 +87,21 @@ def _run(layers, forms, state: KernelState, need_ntk: bool) -> KernelState:
     return state
 
 
-def _self_variances(layers, forms, x: torch.Tensor, chunk: int, scratch: Scratch) -> list[tuple]:
+def _self_variances(layers, forms, x: torch.Tensor, chunk: int, scratch: Scratch) -> tuple[list[tuple], torch.Tensor]:
     """The tape of the self pass: for each layer that reads it, in visiting order, q(x, p) for every point
-    (N, *S_layer), and K(x, x) (N, *S, *S) where the layer needs the full self-covariance (else None)."""
+    (N, *S_layer), and K(x, x) (N, *S, *S) where the layer needs the full self-covariance (else None); and the
+    pass's result, the NNGP's diagonal K(x, x) (N,)."""
     chunks: list[list[torch.Tensor]] = []
+    selves = []
     for start in range(0, x.shape[0], chunk):
         part = x[start:start + chunk]
         tape = RecordingTape()
-        _run(layers, forms, _initial_state(part, part, True, False, tape, scratch), False)
+        state = _run(layers, forms, _initial_state(part, part, True, False, tape, scratch), False)
         chunks.append(tape.values)
-    return [(torch.cat([v for v, _ in steps]), None if steps[0][1] is None else torch.cat([c for _, c in steps]))
-            for steps in zip(*chunks)]
+        selves.append(state.nngp[:, 0].clone())
+    records = [(torch.cat([v for v, _ in steps]), None if steps[0][1] is None else torch.cat([c for _, c in steps]))
+               for steps in zip(*chunks)]
+    return records, torch.cat(selves)
 
 
 def _mirror(t, form: str, dims: int):
@@ -115,6 +120,7 @@ class _Grid:
         self.records1, self.records2 = records1, records2
         self.need_ntk = "ntk" in get
         self.out = {name: torch.empty(len(x1), len(x2), dtype=x1.dtype, device=x1.device) for name in get}
+        self.near_parallel: SpatialPairs | None = None  # set by evaluate_spatial for float32 rectified nets
         # Busy CPUs: one thread may be faster (ntkit._threads); timed on the sub-tiles, the bulk of the work.
         per_group = -(-plan.group[0] // plan.sub_tile[0]) * -(-plan.group[1] // plan.sub_tile[1])
         self.tuner = ThreadTuner(x1.device, len(self.groups()) * per_group)
@@ -176,6 +182,8 @@ class _Grid:
 
     def _write(self, rows: slice, cols: slice, state: KernelState) -> None:
         # With x2 = x1 the lower triangle is filled from the upper one at the end (_symmetrize_mirrored).
+        if self.near_parallel is not None:
+            self.near_parallel.note(rows, cols, state.nngp)
         for name, value in (("nngp", state.nngp), ("ntk", state.ntk)):
             if name in self.out:
                 self.out[name][rows, cols] = value
@@ -195,9 +203,11 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
                "Ask for one kernel (get='ntk'), a smaller batch_size, or compute blocks of rows of x1 in turn.")
     scratch = Scratch()
     chunk = plan.sub_tile[0] * plan.sub_tile[1]
-    records1 = _self_variances(layers, forms, x1, chunk, scratch)
-    records2 = records1 if symmetric else _self_variances(layers, forms, x2, chunk, scratch)
+    records1, self1 = _self_variances(layers, forms, x1, chunk, scratch)
+    records2, self2 = (records1, self1) if symmetric else _self_variances(layers, forms, x2, chunk, scratch)
     grid = _Grid(arch, x1, x2, get, plan, records1, records2, scratch, symmetric)
+    if refinable(x1, x2) and kinked_layers(layers):  # float32 near-duplicate images (kernels/near_parallel.py)
+        grid.near_parallel = SpatialPairs(arch, x1, x2, symmetric, tuple(get), self1, self2)
     groups = grid.groups()
     show = progress if progress is not None else len(groups) >= _PROGRESS_MIN_TILES
     with coefficient_cache():  # quadrature activations: each block of points' coefficients once
@@ -206,6 +216,8 @@ def evaluate_spatial(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tu
     nngp, ntk = grid.out.get("nngp"), grid.out.get("ntk")
     if symmetric:
         _symmetrize_mirrored(nngp, ntk)
+    if grid.near_parallel is not None:
+        grid.near_parallel.finish(grid.out)
     for name, value in (("NNGP", nngp), ("NTK", ntk)):
         _check_no_overflow(value, name, arch)
     return Kernel(nngp=nngp, ntk=ntk)
