@@ -136,7 +136,7 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
             if refiner is not None:
                 buffer = None if masks is not None or scratch is None or fuse else scratch.empty(nngp.shape, nngp)
-                refiner.refine(nngp, ntk if need_ntk else None, masks, rows, cols, buffer)
+                refiner.refine(nngp, ntk if isinstance(ntk, torch.Tensor) else None, masks, rows, cols, buffer)
                 if buffer is not None:
                     scratch.give(buffer)
             for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
