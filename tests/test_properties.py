@@ -377,6 +377,28 @@ def test_spatial_kernel_properties(spec, data, dtype):
     _check_kernel(arch, x, _tolerances(dtype, depth + 2, kinked), exact, lambda: False)
 
 
+@_settings(40)
+@given(spec=spatial_specs().filter(lambda spec: any(isinstance(a, KINKED) for a in _activations(spec[0]))),
+       data=st.data(), nudge=st.floats(-5.0, -3.0))
+def test_spatial_float32_kinked_kernels_of_near_duplicate_images_are_float32_accurate(spec, data, nudge):
+    """Conv nets with ReLU/LeakyReLU/Abs in float32, an image and a copy nudged by 10^nudge of its size: the pair is
+    recomputed in float64 (kernels/near_parallel.py ``SpatialPairs``; 2.8e-4 of max|K| off before for images
+    1e-3 apart), so its entries are the float64 kernel of the same inputs rounded once: within 4 ulps of max|K|."""
+    arch, shape = spec
+    activations = _activations(arch)
+    x = data.draw(input_batches(shape, max_points=4, log_scales=(-2.0, 2.0)))
+    direction = torch.linspace(-1.0, 1.0, x[0].numel(), dtype=torch.float64).reshape(x[0].shape)
+    x = torch.cat([x, x[:1] + direction * x[0].norm() * 10.0 ** nudge / x[0].numel() ** 0.5]).float()
+    double, single = arch.kernel(x.double()), arch.kernel(x)
+    eps = torch.finfo(torch.float32).eps
+    tolerances = _tolerances(torch.float32, len(activations) + 2, len(activations))
+    for name in ("nngp", "ntk"):
+        _assert_close(single[name], double[name], tolerances[name], f"float32 {name}")
+        top = float(double[name].abs().max())
+        gap = float((single[name][0, -1].double() - double[name][0, -1]).abs())
+        assert gap <= 4 * eps * top, f"near-duplicate pair's {name}: |difference| {gap:.3e} > 4 ulps of {top:.3e}"
+
+
 # ----- empirical NTK ----------------------------------------------------------------------------------------------
 
 @st.composite
