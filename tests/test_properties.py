@@ -10,6 +10,8 @@ duplicated, collinear and zero rows, in float32 and float64, and asserts what mu
 * it does not depend on ``batch_size``, nor on whether x2 is x1 or a copy of it;
 * ``kernel_diagonal`` is its diagonal;
 * float32 is within 1e-3 (of max|K|) of float64 where the problem is well conditioned;
+* with rectified activations, a point (or image) and a copy nudged by 1e-5..1e-3 of its size get float32 kernels
+  within 4 ulps of float64 (kernels/near_parallel.py recomputes such pairs; they were ~√ε off);
 * the empirical NTK of a finite network is the same by the layerwise, Jacobian and NTK-vector-product methods.
 
 Settings are derandomized (the same examples on every run) and sized to run in about a minute on 2 cores; set
