@@ -80,9 +80,9 @@ def test_pairs_parallel_only_inside_the_network_are_caught():
 
 
 @pytest.mark.parametrize("path", ["residual", "batch_size_1"])
-def test_paths_without_the_rules_reports_test_the_output(path):
+def test_residual_branches_and_one_pair_tiles(path):
     """Rectified layers inside a residual branch run out of place (no report from the rule): the engine tests the
-    final NNGP's correlations instead. Also the smallest tiles (one pair each)."""
+    final NNGP's correlations instead. And the smallest tiles (one pair each), where the rules report."""
     x = _near_duplicates()[:8]  # no nearly negated row: the output test does not see ρ ≈ −1 at a first ReLU
     if path == "residual":
         arch = nk.Serial(nk.Dense(8, b_std=0.1), nk.Residual(nk.Serial(nk.ReLU(), nk.Dense(8, b_std=0.1))),
