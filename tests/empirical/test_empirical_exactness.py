@@ -47,6 +47,28 @@ def test_every_method_and_output_matches_brute_force(references, name, method):
         assert symmetric.dtype == torch.float64
 
 
+@pytest.mark.parametrize("engine", ["autograd", "functorch"])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_both_capture_engines_match_brute_force(references, name, engine, monkeypatch):
+    """The layerwise capture by autograd (is_grads_batched) and by torch.func (vjp vmapped over the outputs) give
+    the same kernels; where torch.func cannot run a model the call falls back to autograd, and the zoo's plain
+    networks must not need that (so the torch.func engine is really exercised)."""
+    from ntkit.empirical import capture
+
+    used = []
+    original = capture.capture_layers
+    monkeypatch.setattr(capture.EngineChooser, "next", lambda self: "autograd" if self.failed else engine)
+    monkeypatch.setattr(capture, "capture_layers", lambda *a, **k: used.append(a[3] if len(a) > 3 else
+                                                                                  k.get("engine")) or original(*a, **k))
+    model, x1, x2, ref11, ref12 = references[name]
+    for output in OUTPUTS:
+        torch.testing.assert_close(empirical_ntk(model, x1, x2, output=output, method="layerwise"),
+                                   reduce_output(ref12, output), **TOL)
+    torch.testing.assert_close(empirical_ntk(model, x1, method="layerwise"), ref11, **TOL)
+    if name in ("mlp", "strided_cnn", "grouped_cnn", "residual_layernorm", "batchnorm_eval", "shared_layers"):
+        assert used and set(used) == {engine}, used  # every chunk ran the engine asked for, without falling back
+
+
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_x2_none_equals_x2_is_x1_and_is_exactly_symmetric(references, name):
     model, x1, _, _, _ = references[name]

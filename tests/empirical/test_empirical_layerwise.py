@@ -128,3 +128,62 @@ def test_data_dependent_calls_are_refused_clearly():
         from ntkit.empirical import empirical_ntk
 
         empirical_ntk(model, torch.randn(4, 2, dtype=torch.float64), method="layerwise")
+
+
+def test_the_capture_engine_is_chosen_by_timing_on_cpus_and_fixed_on_gpus():
+    """CPU: the preferred engine (autograd) on the first chunk, torch.func on the second, then the faster per
+    sample; CUDA: torch.func throughout (no timing, which would wait for the device); an engine that raised is not
+    used again."""
+    from ntkit.empirical.capture import EngineChooser, preferred_engine
+
+    assert preferred_engine("cpu") == "autograd" and preferred_engine("cuda") == "functorch"
+    cpu = EngineChooser("cpu")
+    assert cpu.next() == "autograd"
+    cpu.record("autograd", 2.0)
+    assert cpu.next() == "functorch"
+    cpu.record("functorch", 1.0)
+    assert cpu.next() == "functorch"
+    cpu.record("functorch", 3.0)  # the best time per engine counts
+    assert cpu.next() == "functorch"
+    cpu.fail("functorch")
+    assert cpu.next() == "autograd"
+    gpu = EngineChooser("cuda")
+    for _ in range(3):
+        assert gpu.next() == "functorch"
+        gpu.record("functorch", 1.0)
+    gpu.fail("functorch")
+    assert gpu.next() == "autograd"
+
+
+def test_a_model_torch_func_cannot_capture_falls_back_to_autograd(monkeypatch):
+    """An input modified in place after its layer read it: the torch.func engine refuses (version counter), the
+    call continues with the autograd engine, which copies the inputs, and the kernel is right."""
+    from empirical_models import brute_force_ntk
+    from ntkit.empirical import capture
+
+    class InPlace(nn.Module):
+        def __init__(self, inplace):
+            super().__init__()
+            self.inplace, self.a, self.b, self.head = inplace, nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x)) * 1.5
+            y = self.b(h)
+            if self.inplace:
+                h += y
+            else:
+                h = h + y
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model, twin = InPlace(True).double(), InPlace(False).double()
+    twin.load_state_dict(model.state_dict())
+    failed = []
+    monkeypatch.setattr(capture.EngineChooser, "next", lambda self: "autograd" if self.failed else "functorch")
+    original = capture.EngineChooser.fail
+    monkeypatch.setattr(capture.EngineChooser, "fail", lambda self, engine: failed.append(engine) or
+                        original(self, engine))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(nk.empirical_ntk(model, x, method="layerwise"), brute_force_ntk(twin, x),
+                               rtol=1e-10, atol=1e-10)
+    assert failed == ["functorch"]

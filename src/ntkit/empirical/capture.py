@@ -8,14 +8,21 @@ gradients with respect to δ rather than z keeps them right when the model later
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
 
 from .model_function import ModelFunction
 from .probe import FastLayer
+from .trees import batch_size
 
-__all__ = ["capture_layers"]
+__all__ = ["capture_layers", "capture_chunk", "EngineChooser", "preferred_engine", "ENGINES"]
+
+# "autograd": torch.autograd.grad with is_grads_batched (a backward formula without a batching rule, such as a
+# convolution's, runs once per output and the results are stacked); "functorch": torch.func.vjp, vmapped over the
+# outputs, whose batching rules run a convolution's backward once on the O·n batch.
+ENGINES = ("autograd", "functorch")
 
 
 def _record(layers: list[FastLayer], clone_inputs: bool):
@@ -60,8 +67,60 @@ def _cotangents(f: torch.Tensor, deltas: list[torch.Tensor]) -> list[torch.Tenso
     return [torch.stack([row[k] for row in per_output], 1) for k in range(len(deltas))]
 
 
-def capture_layers(fn: ModelFunction, layers: list[FastLayer], x: torch.Tensor):
-    """Run ``fn`` on the batch ``x``; return [(inputs, cotangents) per layer], each a list per call."""
+def _capture_by_functorch(fn: ModelFunction, layers: list[FastLayer], x):
+    """``capture_layers`` through torch.func: f(δ) = the model with every fast layer's output shifted by δ, its
+    vjp vmapped over the O unit cotangents. The same values as the autograd engine (tested on the test zoo);
+    raises where torch.func cannot run the model, and the caller falls back to the autograd engine, which also
+    diagnoses layers called a different number of times than when probed and inputs modified in place."""
+    from torch.func import vjp, vmap
+
+    n = batch_size(x)
+    first, count = {}, 0
+    for layer in layers:
+        first[id(layer.module)], count = (count, len(layer.out_shapes)), count + len(layer.out_shapes)
+    deltas = [torch.zeros((n, *shape), dtype=fn.dtype, device=fn.device)
+              for layer in layers for shape in layer.out_shapes]
+
+    def shifted(*shifts):
+        calls, inputs = {}, [None] * len(shifts)
+
+        def hook(module, args, output):
+            call = calls.get(id(module), 0)
+            calls[id(module)] = call + 1
+            start, probed = first[id(module)]
+            if call >= probed:
+                raise RuntimeError(f"a fast layer ran more than the {probed} time(s) it ran when probed")
+            inputs[start + call] = (args[0], args[0]._version)
+            return output + shifts[start + call]
+
+        handles = [layer.module.register_forward_hook(hook) for layer in layers]
+        try:
+            f = fn(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if any(entry is None or entry[0]._version != entry[1] for entry in inputs):
+            raise RuntimeError("a fast layer ran fewer times than when probed, or its input was modified in place")
+        return f, [a for a, _ in inputs]
+
+    with torch.enable_grad():
+        f, pullback, inputs = vjp(shifted, *deltas, has_aux=True)
+        outputs = f.shape[1]
+        seeds = torch.eye(outputs, dtype=f.dtype, device=f.device)[:, None, :].expand(outputs, n, outputs)
+        cotangents = vmap(pullback)(seeds)  # per δ: (O, n, ...)
+    out, k = [], 0
+    for layer in layers:
+        calls = len(layer.out_shapes)
+        out.append(([a.detach() for a in inputs[k:k + calls]], [c.transpose(0, 1) for c in cotangents[k:k + calls]]))
+        k += calls
+    return out
+
+
+def capture_layers(fn: ModelFunction, layers: list[FastLayer], x, engine: str = "autograd"):
+    """Run ``fn`` on the batch ``x``; return [(inputs, cotangents) per layer], each a list per call. ``engine``:
+    one of ``ENGINES`` (the functorch engine raises where torch.func cannot run the model)."""
+    if engine == "functorch" and layers:
+        return _capture_by_functorch(fn, layers, x)
     for clone_inputs in (False, True):
         records, hook = _record(layers, clone_inputs)
         handles = [layer.module.register_forward_hook(hook) for layer in layers]
@@ -90,3 +149,57 @@ def capture_layers(fn: ModelFunction, layers: list[FastLayer], x: torch.Tensor):
         out.append((inputs, cots[k:k + calls]))
         k += calls
     return out
+
+
+def preferred_engine(device_kind: str) -> str:
+    """The engine tried first: functorch on GPUs, where the autograd engine's per-output loop of small convolution
+    backwards is O times the kernel launches; autograd on CPUs, where it was the faster on the torch.func
+    tutorial's CNN (50 against 58 ms a chunk) and the slower on ResNet-18 (111 against 60 ms): ``EngineChooser``
+    times both there."""
+    return "functorch" if device_kind == "cuda" else "autograd"
+
+
+class EngineChooser:
+    """Which capture engine runs each chunk of one ``empirical_ntk`` call.
+
+    On a CPU the first chunk runs the preferred engine and the second the other, each timed per sample; later
+    chunks run the faster. On other devices the preferred engine runs throughout (timing there would make the host
+    wait for the device). An engine that raises is not used again in the call."""
+
+    def __init__(self, device_kind: str):
+        self.preferred = preferred_engine(device_kind)
+        self.explore = device_kind == "cpu"
+        self.seconds: dict[str, float] = {}  # engine -> best seconds per sample so far
+        self.failed: set[str] = set()
+
+    def next(self) -> str:
+        usable = [engine for engine in (self.preferred, *ENGINES) if engine not in self.failed]
+        if not usable:
+            return "autograd"
+        if self.explore:
+            for engine in usable:
+                if engine not in self.seconds:
+                    return engine
+            return min(usable, key=lambda engine: self.seconds[engine])
+        return usable[0]
+
+    def record(self, engine: str, seconds_per_sample: float) -> None:
+        self.seconds[engine] = min(self.seconds.get(engine, float("inf")), seconds_per_sample)
+
+    def fail(self, engine: str) -> None:
+        self.failed.add(engine)
+
+
+def capture_chunk(chooser: EngineChooser, fn: ModelFunction, layers: list[FastLayer], x):
+    """``capture_layers`` with the engine ``chooser`` picks, timed for it; the autograd engine if another raises."""
+    engine = chooser.next()
+    start = time.perf_counter()
+    try:
+        captured = capture_layers(fn, layers, x, engine)
+    except Exception:
+        if engine == "autograd":
+            raise
+        chooser.fail(engine)
+        return capture_chunk(chooser, fn, layers, x)
+    chooser.record(engine, (time.perf_counter() - start) / max(batch_size(x), 1))
+    return captured

@@ -13,7 +13,7 @@ import math
 import torch
 
 from .._memory import format_bytes
-from .capture import capture_layers
+from .capture import EngineChooser, capture_chunk
 from .features import add_share, finish_block, new_block
 from .jacobian import jacobian_features
 from .layerwise import LinearRule, choose_form
@@ -97,6 +97,7 @@ class LayerwiseMethod(_ContractingMethod):
 
     def __init__(self, fn, structure, mode, n1: int, n2: int):
         super().__init__(fn, structure, mode)
+        self.engines = EngineChooser(fn.device.type)  # the capture's autograd or torch.func engine, per chunk
         self.forms = {}
         for layer in structure.fast_layers:
             if layer.rule.structured:
@@ -107,7 +108,7 @@ class LayerwiseMethod(_ContractingMethod):
     def features(self, x) -> list:
         feats = []
         if self.structure.fast_layers:
-            captured = capture_layers(self.fn, self.structure.fast_layers, x)
+            captured = capture_chunk(self.engines, self.fn, self.structure.fast_layers, x)
             for layer, (inputs, cotangents) in zip(self.structure.fast_layers, captured):
                 form = self.forms.get(layer.name, (None, "grad"))[1]
                 feats += layer.rule.features(layer.module, layer.roles, inputs, cotangents, form)
