@@ -11,6 +11,7 @@ call on torch's default count (``SMALL_WORK = 0`` and no ``ThreadTuner``), on id
 * ``kernel-job``: another ntkit kernel job with torch's default threads (small parallel ops of its own).
 
     .venv/bin/python benchmarks/threads.py [--repeats 5] [--states idle spin-1 spin-all spin-2x kernel-job]
+                                           [--device cpu]
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--states", nargs="+", default=["idle", "spin-1", "spin-all", "spin-2x", "kernel-job"],
                         choices=["idle", "spin-1", "spin-all", "spin-2x", "kernel-job"])
+    parser.add_argument("--device", default="cpu", choices=["cpu"],
+                        help="cpu only: the intra-op thread policy governs CPU work (GPU work has no thread pool "
+                             "to collapse)")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     print(json.dumps(dict(torch=torch.__version__, device=device_description("cpu"), cores=cores,
