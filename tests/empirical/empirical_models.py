@@ -230,6 +230,28 @@ def _ids(n, seed, length=5, vocab=7):
     return torch.randint(0, vocab, (n, length), generator=seeded(seed))
 
 
+class InPlace(nn.Module):
+    """ReLU(inplace=True) on a fast layer's output, and (``inplace=True``) a residual ``h += y`` that modifies the
+    input of ``self.b`` after ``self.b`` has read it. With ``inplace=False`` the same function, out of place."""
+
+    def __init__(self, inplace, outputs=2):
+        super().__init__()
+        self.inplace = inplace
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, outputs)
+
+    def forward(self, x):
+        h = self.relu(self.a(x)) * 1.5
+        y = self.b(h)
+        if self.inplace:
+            h += y
+        else:
+            h = h + y
+        return self.head(h)
+
+
 # name -> (model factory, input factory(n, seed))
 ZOO = {
     "mlp": (mlp_model, mlp_inputs),

@@ -13,7 +13,7 @@ import torch
 import ntkit as nk
 import ntkit.empirical.methods as methods_module
 from ntkit.empirical import empirical_ntk
-from empirical_models import ZOO, brute_force_ntk, reduce_output, zoo_case
+from empirical_models import ZOO, InPlace, brute_force_ntk, reduce_output, zoo_case
 
 METHODS = ("auto", "layerwise", "jacobian", "vector_products")
 OUTPUTS = ("full", "trace", "diagonal")
@@ -156,36 +156,14 @@ def test_sequence_first_layer_goes_to_the_jacobian_path():
     assert "inner" in structure.fallbacks and [layer.name for layer in structure.fast_layers] == ["head"]
 
 
-class _InPlace(torch.nn.Module):
-    """ReLU(inplace=True) on a fast layer's output, and (``inplace=True``) a residual ``h += y`` that modifies the
-    input of ``self.b`` after ``self.b`` has read it. With ``inplace=False`` the same function, out of place."""
-
-    def __init__(self, inplace):
-        super().__init__()
-        self.inplace = inplace
-        self.a = torch.nn.Linear(4, 4)
-        self.b = torch.nn.Linear(4, 4)
-        self.relu = torch.nn.ReLU(inplace=True)
-        self.head = torch.nn.Linear(4, 2)
-
-    def forward(self, x):
-        h = self.relu(self.a(x)) * 1.5
-        y = self.b(h)
-        if self.inplace:
-            h += y
-        else:
-            h = h + y
-        return self.head(h)
-
-
 def test_inplace_operations_after_a_fast_layer():
     """Cotangents are taken at a separate zero leaf, so an in-place ReLU on a layer's output does not corrupt
     them; an input modified in place after its layer read it is detected (version counter) and re-captured. The
     in-place model cannot be differentiated by ordinary autograd (self.b's saved input changed), so its
     reference is the brute-force NTK of the same function written out of place."""
     torch.manual_seed(1)
-    model = _InPlace(inplace=True).double()
-    twin = _InPlace(inplace=False).double()
+    model = InPlace(inplace=True).double()
+    twin = InPlace(inplace=False).double()
     twin.load_state_dict(model.state_dict())
     x = torch.randn(5, 4, dtype=torch.float64)
     torch.testing.assert_close(empirical_ntk(model, x, method="layerwise"), brute_force_ntk(twin, x), **TOL)

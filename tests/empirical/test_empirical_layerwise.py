@@ -158,25 +158,11 @@ def test_the_capture_engine_is_chosen_by_timing_on_cpus_and_fixed_on_gpus():
 def test_a_model_torch_func_cannot_capture_falls_back_to_autograd(monkeypatch):
     """An input modified in place after its layer read it: the torch.func engine refuses (version counter), the
     call continues with the autograd engine, which copies the inputs, and the kernel is right."""
-    from empirical_models import brute_force_ntk
+    from empirical_models import InPlace, brute_force_ntk
     from ntkit.empirical import capture
 
-    class InPlace(nn.Module):
-        def __init__(self, inplace):
-            super().__init__()
-            self.inplace, self.a, self.b, self.head = inplace, nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
-
-        def forward(self, x):
-            h = torch.relu(self.a(x)) * 1.5
-            y = self.b(h)
-            if self.inplace:
-                h += y
-            else:
-                h = h + y
-            return self.head(h)
-
     torch.manual_seed(0)
-    model, twin = InPlace(True).double(), InPlace(False).double()
+    model, twin = InPlace(True, outputs=3).double(), InPlace(False, outputs=3).double()
     twin.load_state_dict(model.state_dict())
     failed = []
     monkeypatch.setattr(capture.EngineChooser, "next", lambda self: "autograd" if self.failed else "functorch")

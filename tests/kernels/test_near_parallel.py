@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.kernels import evaluate, near_parallel
+from ntkit.kernels import evaluate
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,16 +100,22 @@ def test_fused_tiles_are_refined_too():
     assert _relative(arch.kernel(x.float(), fused=True).ntk, arch.kernel(x).ntk) < 2e-6
 
 
-def test_well_separated_points_recompute_nothing(monkeypatch):
-    """Gaussian data has no pair within 1e-4 of ρ = ±1: nothing is recomputed (the common case costs nothing)."""
-    made = []
+def _record_instances(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` (a class) by a subclass that lists its instances; return the list."""
+    made, base = [], getattr(module, name)
 
-    class Recording(near_parallel.NearParallelRefiner):
+    class Recording(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(evaluate, "NearParallelRefiner", Recording)
+    monkeypatch.setattr(module, name, Recording)
+    return made
+
+
+def test_well_separated_points_recompute_nothing(monkeypatch):
+    """Gaussian data has no pair within 1e-4 of ρ = ±1: nothing is recomputed (the common case costs nothing)."""
+    made = _record_instances(monkeypatch, evaluate, "NearParallelRefiner")
     x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
     nk.mlp(3, 1, activation="relu", b_std=0.1).kernel(x, batch_size=16)
     assert len(made) == 1 and made[0].refined == 0
@@ -158,14 +164,7 @@ def test_float32_convolutional_kernels_of_near_duplicate_images_match_float64(re
 def test_well_separated_images_recompute_nothing(monkeypatch):
     from ntkit.kernels import spatial_evaluate
 
-    made = []
-
-    class Recording(near_parallel.SpatialPairs):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(spatial_evaluate, "SpatialPairs", Recording)
+    made = _record_instances(monkeypatch, spatial_evaluate, "SpatialPairs")
     arch = nk.cnn(depth=2, kernel_size=3, readout="gap", b_std=0.1)
     x = torch.randn(6, 2, 5, 5, generator=torch.Generator().manual_seed(0))
     arch.kernel(x)
