@@ -18,7 +18,7 @@ from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
 from .cache import carries_derivatives, coefficient_cache
-from .near_parallel import NearParallelRefiner, float64_self_kernels, kinked_layers, refinable
+from .near_parallel import NearParallelRefiner, kinked_layers, refinable
 from .scratch import Scratch
 from .spatial_plan import device_info
 
@@ -148,11 +148,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             if scratch is not None and not fuse:
                 scratch.give(nngp, ntk)  # copied out: the next tile reuses their buffers
             tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
-        if refiner is not None and symmetric:  # the diagonal as the recomputed pairs: float64, rounded once
-            nngp, ntk = float64_self_kernels(refiner.run, x1, need_ntk)
-            for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
-                if out is not None:
-                    out.diagonal().copy_(value)
+        if refiner is not None:  # the recomputed pairs' points with themselves: float64 too
+            refiner.refine_diagonal(out_nngp, out_ntk)
     if auto and not fuse:
         arch._eager_seconds[key] = spent_before + time.perf_counter() - started
     if symmetric:
@@ -167,16 +164,8 @@ def evaluate_diagonal(arch, x: torch.Tensor, *, get: tuple[str, ...]) -> Kernel:
     n0 = x.shape[1]
     check_fits((len(get) + max(layer.tile_cost for layer in arch.flatten()) + 4) * x.shape[0] * x.element_size(),
                x.device, f"the diagonal of the kernel(s) {get}", "Pass fewer points at once.")
-    layers = arch.flatten()
-    if refinable(x) and kinked_layers(layers):
-        # as the kernel's own diagonal: in float64, rounded (kernels/near_parallel.py)
-        def run(gram, var1, var2):
-            return run_layers(layers, "ntk" in get, n0, gram, var1, var2)
-
-        nngp, ntk = float64_self_kernels(run, x, "ntk" in get)
-    else:
-        sq = (x * x).sum(1) / n0
-        nngp, ntk = run_layers(layers, "ntk" in get, n0, sq, sq, sq)
+    sq = (x * x).sum(1) / n0
+    nngp, ntk = run_layers(arch.flatten(), "ntk" in get, n0, sq, sq, sq)
     out = {name: value for name, value in (("nngp", nngp), ("ntk", ntk)) if name in get}
     for name, value in out.items():
         _check_no_overflow(value, name.upper(), arch)

@@ -16,8 +16,8 @@ parallel inside the network, as a zero row and a tiny row do once a bias is adde
 a ReLU's input without a bias before it (x and nearly −x at the first layer with b_std = 0).
 
 Unflagged pairs have θ > √(2·1e-4) ≈ 0.014, where a few ulps of ρ move K̇ by ~ε/θ: below 1e-5 of the kernel's
-scale per layer. A symmetric kernel's diagonal, and ``kernel_diagonal``, are computed the same way (O(N)), so that
-a point and its copy keep bitwise equal values. Not applied to float64 inputs (accurate already), to inputs that
+scale per layer. The diagonal entries of the points in such pairs are recomputed the same way, so that a point and
+its copy keep bitwise equal values. Not applied to float64 inputs (accurate already), to inputs that
 carry derivatives (the float32 values are what is differentiated), nor on devices without float64 (MPS). The
 convolutional engine tests its output instead (``SpatialPairs``).
 """
@@ -56,9 +56,8 @@ def kinked_layers(layers) -> list:
 
 
 def float64_self_kernels(run, x: Tensor, need_ntk: bool) -> tuple[Tensor, Tensor | None]:
-    """K(x_i, x_i) in float64, rounded to x's dtype: the diagonal that recomputed pairs agree with (a point and its
-    copy then get bitwise the same values, so duplicates leave the kernel positive semidefinite), and what
-    ``kernel_diagonal`` returns for the same inputs. ``run`` as for ``NearParallelRefiner``."""
+    """K(x_i, x_i) in float64, rounded to x's dtype: the diagonal that recomputed pairs agree with. ``run`` as for
+    ``NearParallelRefiner``."""
     wide = x.double()
     sq = (wide * wide).sum(1) / x.shape[1]
     nngp, ntk = run(sq, sq, sq)
@@ -79,6 +78,7 @@ class NearParallelRefiner:
         self.symmetric, self.width = symmetric, x1.shape[1]
         self._final: tuple[Tensor, Tensor] | None = None
         self.refined = 0  # pairs recomputed in this call (tests read it)
+        self._points: list[Tensor] = []  # rows and columns of the recomputed pairs (symmetric kernels)
 
     def _final_inverse_roots(self) -> tuple[Tensor, Tensor]:
         """1/√ of the rows' and columns' final-layer variances (the NNGP's diagonal, O(N)), computed once."""
@@ -124,6 +124,21 @@ class NearParallelRefiner:
         if ntk is not None:
             ntk[ii, jj] = ntk64.to(ntk.dtype)
         self.refined += int(ii.numel())
+        if self.symmetric:
+            self._points += [ii + rows.start, jj + cols.start]
+
+    def refine_diagonal(self, out_nngp: Tensor | None, out_ntk: Tensor | None) -> None:
+        """A symmetric kernel's diagonal entries K(x, x) of the points in recomputed pairs, from
+        ``float64_self_kernels``: a point and its copy then keep equal values (bitwise), so duplicates leave the
+        kernel positive semidefinite. The other diagonal entries stay as computed (no float64 work when no pair
+        was flagged)."""
+        if not self._points:
+            return
+        index = torch.unique(torch.cat(self._points))
+        nngp, ntk = float64_self_kernels(self.run, self.x1[index], out_ntk is not None)
+        for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
+            if out is not None:
+                out[index, index] = value
 
 
 
