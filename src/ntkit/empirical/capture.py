@@ -75,9 +75,10 @@ def _capture_by_functorch(fn: ModelFunction, layers: list[FastLayer], x):
     from torch.func import vjp, vmap
 
     n = batch_size(x)
-    first, count = {}, 0
+    first, count = {}, 0  # module -> (index of its first call's δ, calls when probed)
     for layer in layers:
-        first[id(layer.module)], count = (count, len(layer.out_shapes)), count + len(layer.out_shapes)
+        first[id(layer.module)] = (count, len(layer.out_shapes))
+        count += len(layer.out_shapes)
     deltas = [torch.zeros((n, *shape), dtype=fn.dtype, device=fn.device)
               for layer in layers for shape in layer.out_shapes]
 
@@ -173,7 +174,7 @@ class EngineChooser:
         self.failed: set[str] = set()
 
     def next(self) -> str:
-        usable = [engine for engine in (self.preferred, *ENGINES) if engine not in self.failed]
+        usable = [engine for engine in dict.fromkeys((self.preferred, *ENGINES)) if engine not in self.failed]
         if not usable:
             return "autograd"
         if self.explore:
