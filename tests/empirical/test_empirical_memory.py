@@ -168,3 +168,19 @@ def test_the_feature_estimate_is_what_the_features_hold(name):
     method = LayerwiseMethod(fn, probe_model(fn, x), "full", 4, 4)
     held = sum(feature_bytes(f) for f in method.features(x))
     assert held == 4 * method.cost().feature
+
+
+def test_the_budget_counts_the_batched_backward_and_the_working_set_limit_does_not():
+    """The torch.func capture engine runs every backward op on the O·n batch: the layerwise cost counts O times the
+    forward's activations per sample against the budget, while the working-set limit on the chunk size sees the
+    rest only (``Cost.working``)."""
+    model, x, _ = zoo_case("strided_cnn")
+    fn = ModelFunction(model, torch.float64, x.device)
+    structure = probe_model(fn, x)
+    cost = LayerwiseMethod(fn, structure, "full", 4, 4).cost()
+    assert cost.per_sample - cost.working == structure.outputs * structure.activation_bytes > 0
+    wide = Cost(per_sample=10 * 2 ** 20, feature=0, per_pair=0, working=2 ** 20)
+    plan = plan_chunks(wide, 1000, 1000, True, 0, 2 ** 40, None, "k", working_set=64 * 2 ** 20)
+    assert plan.chunk == 64  # 64 MiB of working set / 1 MiB, not / 10 MiB
+    tight = plan_chunks(wide, 1000, 1000, True, 0, 100 * 2 ** 20, None, "k", working_set=64 * 2 ** 20)
+    assert tight.chunk <= 100 // 10  # the budget still counts all 10 MiB per sample

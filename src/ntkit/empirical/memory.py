@@ -34,6 +34,7 @@ class Cost:
     feature: int
     per_pair: int
     fixed: int = 0
+    working: int | None = None  # per-sample bytes the working-set limit counts, when not all of ``per_sample``
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def plan_chunks(cost: Cost, n1: int, n2: int, symmetric: bool, output_bytes: int
     if working_set is not None:
         # Chunks whose transient tensors stay within ``working_set`` run faster (measured on the conv nets of
         # benchmarks/empirical_ntk.py: 64 samples at ~5 MB each were 1.4x slower than 16); never below 8.
-        limit = min(limit, max(8, working_set // max(cost.per_sample, 1)))
+        per_sample = cost.per_sample if cost.working is None else cost.working
+        limit = min(limit, max(8, working_set // max(per_sample, 1)))
     if cache_bytes <= room // 2:
         c = _largest_chunk(cost, room - cache_bytes, limit)
         if c >= 1:

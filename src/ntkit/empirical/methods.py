@@ -142,6 +142,12 @@ class LayerwiseMethod(_ContractingMethod):
         size = self.itemsize
         out_elems = sum(math.prod(s) for layer in self.structure.fast_layers for s in layer.out_shapes)
         transient = self.structure.activation_bytes + size * (2 + 2 * self.outputs) * out_elems
+        # The torch.func capture engine (GPUs, and one trial chunk on CPUs) runs every backward op on the O·n batch:
+        # its intermediates are O times the forward's (measured on the CNN of benchmarks/empirical_ntk.py: 136 MiB
+        # per chunk of 14 against 100 MiB with the autograd engine, and against 93 MiB modelled without this term).
+        # The budget counts them; the working-set limit on the chunk size does not (they pass quickly, and the
+        # smaller chunks it would choose were 3-4% slower on that CNN).
+        engine_peak = self.outputs * self.structure.activation_bytes
         feature, pair = 0, 0
         for layer_feature, layer_transient, layer_pair, _ in self._layer_sizes():
             feature += size * layer_feature
@@ -149,8 +155,8 @@ class LayerwiseMethod(_ContractingMethod):
             pair = max(pair, size * layer_pair)
         rest_transient, rest_feature = self._rest_costs(self.structure.rest_names)
         block = 3 * self.out_m * size  # accumulator, a product, the public-layout copy
-        return Cost(per_sample=transient + rest_transient, feature=feature + rest_feature, per_pair=block + pair,
-                    fixed=self.fn.parameter_bytes())
+        return Cost(per_sample=transient + engine_peak + rest_transient, feature=feature + rest_feature,
+                    per_pair=block + pair, fixed=self.fn.parameter_bytes(), working=transient + rest_transient)
 
 
 class JacobianMethod(_ContractingMethod):
