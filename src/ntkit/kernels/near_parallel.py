@@ -92,6 +92,8 @@ class NearParallelRefiner:
         """|ρ| > 1 − NEAR_PARALLEL of the final NNGP as a mask, or None when no entry is (one reduction decides)."""
         left, right = self._final_inverse_roots()
         ratio = torch.mul(nngp, left[rows, None], out=buffer).mul_(right[None, cols])
+        if self.symmetric and rows == cols:
+            ratio.diagonal().zero_()  # a point with itself (ρ = 1) is not a pair to recompute: one reduction decides
         low, high = torch.aminmax(ratio)
         if not bool((high > 1.0 - NEAR_PARALLEL) | (low < NEAR_PARALLEL - 1.0)):
             return None
