@@ -28,20 +28,29 @@ _PROGRESS_MIN_TILES = 64
 
 
 def run_layers(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=None, near_parallel=None):
-    """The layer rules on one tile; with a ``scratch`` pool they may overwrite ``gram`` (``KernelState.in_place``);
-    rules append masks of pairs float32 cannot resolve to ``near_parallel`` (``KernelState.near_parallel``)."""
+    """The layer rules on one tile: (NNGP, NTK). See ``final_state``."""
+    state = final_state(layers, need_ntk, width, gram, var1, var2, scratch, near_parallel)
+    return state.nngp, state.ntk
+
+
+def final_state(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=None, near_parallel=None):
+    """The layer rules on one tile, their last state (with the rows' and columns' final variances). With a
+    ``scratch`` pool they may overwrite ``gram`` (``KernelState.in_place``); rules append masks of pairs float32
+    cannot resolve to ``near_parallel`` (``KernelState.near_parallel``)."""
     state = KernelState(nngp=gram, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=width,
                         gaussian=False, scratch=scratch, in_place=scratch is not None, near_parallel=near_parallel)
     for layer in layers:
         state = layer.kernel_rule(state, need_ntk)
-    return state.nngp, state.ntk
+    return state
 
 
 def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
     """The per-tile function: eager, or compiled once per (architecture, get, width) and cached on it."""
 
     def eager(gram, var1, var2, scratch=None, near_parallel=None):
-        return run_layers(layers, need_ntk, width, gram, var1, var2, scratch, near_parallel)
+        """(NNGP, NTK, final variances of the rows (t1, 1) and of the columns (1, t2))."""
+        state = final_state(layers, need_ntk, width, gram, var1, var2, scratch, near_parallel)
+        return state.nngp, state.ntk, state.var1, state.var2
 
     if not fuse:
         return eager
@@ -104,7 +113,7 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
         refiner = None
         if kinked:
             refiner = NearParallelRefiner(lambda g, v1, v2: run_layers(layers, need_ntk, n0, g, v1, v2),
-                                          x1, x2, sq1, sq2, symmetric)
+                                          x1, x2, symmetric)
         rules_report = kind == "cpu" and all(any(inner is layer for layer in layers) for inner in kinked)
         for i, j in bar:
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
@@ -122,9 +131,9 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             masks = [] if refiner is not None and rules_report and scratch is not None and not fuse else None
             try:
                 if fuse:
-                    nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
+                    nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
                 else:
-                    nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols], scratch, masks)
+                    nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols], scratch, masks)
             except Exception as err:  # torch.compile unavailable here (no compiler, unsupported backend)
                 if not fuse or fused:
                     raise
@@ -133,10 +142,11 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 fuse = auto = False
                 arch._fused_steps[(need_ntk, n0)] = False
                 step = _step_function(arch, layers, need_ntk, n0, False)
-                nngp, ntk = step(gram, sq1[rows, None], sq2[None, cols])
+                nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
             if refiner is not None:
                 buffer = None if masks is not None or scratch is None or fuse else scratch.empty(nngp.shape, nngp)
-                refiner.refine(nngp, ntk if isinstance(ntk, torch.Tensor) else None, masks, rows, cols, buffer)
+                refiner.refine(nngp, ntk if isinstance(ntk, torch.Tensor) else None, masks, rows, cols,
+                               (final1, final2), buffer)
                 if buffer is not None:
                     scratch.give(buffer)
             for out, value in ((out_nngp, nngp), (out_ntk, ntk)):

@@ -71,27 +71,19 @@ def _inverse_roots(q: Tensor) -> Tensor:
 
 class NearParallelRefiner:
     """Recomputes one call's near-parallel float32 pairs. ``run(gram, var1, var2)`` is the layer stack on 1-D
-    pairs (``evaluate.run_layers`` without a scratch pool); sq1, sq2 the inputs' |x|²/n0."""
+    pairs (``evaluate.run_layers`` without a scratch pool)."""
 
-    def __init__(self, run, x1: Tensor, x2: Tensor, sq1: Tensor, sq2: Tensor, symmetric: bool):
-        self.run, self.x1, self.x2, self.sq1, self.sq2 = run, x1, x2, sq1, sq2
+    def __init__(self, run, x1: Tensor, x2: Tensor, symmetric: bool):
+        self.run, self.x1, self.x2 = run, x1, x2
         self.symmetric, self.width = symmetric, x1.shape[1]
-        self._final: tuple[Tensor, Tensor] | None = None
         self.refined = 0  # pairs recomputed in this call (tests read it)
         self._points: list[Tensor] = []  # rows and columns of the recomputed pairs (symmetric kernels)
 
-    def _final_inverse_roots(self) -> tuple[Tensor, Tensor]:
-        """1/√ of the rows' and columns' final-layer variances (the NNGP's diagonal, O(N)), computed once."""
-        if self._final is None:
-            first = _inverse_roots(self.run(self.sq1, self.sq1, self.sq1)[0])
-            self._final = first, (first if self.symmetric else _inverse_roots(self.run(self.sq2, self.sq2,
-                                                                                       self.sq2)[0]))
-        return self._final
-
-    def _parallel_at_output(self, nngp: Tensor, rows: slice, cols: slice, buffer: Tensor | None) -> Tensor | None:
-        """|ρ| > 1 − NEAR_PARALLEL of the final NNGP as a mask, or None when no entry is (one reduction decides)."""
-        left, right = self._final_inverse_roots()
-        ratio = torch.mul(nngp, left[rows, None], out=buffer).mul_(right[None, cols])
+    def _parallel_at_output(self, nngp: Tensor, rows: slice, cols: slice, final: tuple[Tensor, Tensor],
+                            buffer: Tensor | None) -> Tensor | None:
+        """|ρ| > 1 − NEAR_PARALLEL of the final NNGP as a mask, or None when no entry is (one reduction decides).
+        ``final``: the tile's final variances of the rows (t1, 1) and the columns (1, t2), K(x, x) of each."""
+        ratio = torch.mul(nngp, _inverse_roots(final[0]), out=buffer).mul_(_inverse_roots(final[1]))
         if self.symmetric and rows == cols:
             ratio.diagonal().zero_()  # a point with itself (ρ = 1) is not a pair to recompute: one reduction decides
         low, high = torch.aminmax(ratio)
@@ -100,12 +92,12 @@ class NearParallelRefiner:
         return ratio.abs_() > 1.0 - NEAR_PARALLEL
 
     def refine(self, nngp: Tensor, ntk: Tensor | None, masks: list | None, rows: slice, cols: slice,
-               buffer: Tensor | None = None) -> None:
+               final: tuple[Tensor, Tensor], buffer: Tensor | None = None) -> None:
         """Overwrite the tile's flagged pairs with their float64 values: those in ``masks`` (reported by the rules),
-        or with ``masks=None`` those nearly parallel at the output. A diagonal tile's own diagonal (a point with
-        itself) is skipped: the engine sets the whole diagonal from ``float64_self_kernels`` once."""
+        or with ``masks=None`` those nearly parallel at the output (``final``: the tile's final variances). A
+        diagonal tile's own diagonal (a point with itself) is skipped (``refine_diagonal``)."""
         if masks is None:
-            flags = self._parallel_at_output(nngp, rows, cols, buffer)
+            flags = self._parallel_at_output(nngp, rows, cols, final, buffer)
         else:
             flags = None
             for mask in masks:
