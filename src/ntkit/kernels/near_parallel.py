@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .cache import carries_derivatives
 from .dual import NEAR_PARALLEL
 
 __all__ = ["NearParallelRefiner", "kinked_layers", "float64_self_kernels", "refinable", "SpatialPairs"]
@@ -45,8 +46,6 @@ def _walk(layer):
 def refinable(*inputs: Tensor) -> bool:
     """Whether the kernels of these inputs get their near-parallel pairs recomputed: float32 (float64 is accurate
     already), on a device with float64 (not Apple's MPS), without derivatives to carry."""
-    from .cache import carries_derivatives
-
     return all(x.dtype == torch.float32 and x.device.type != "mps" and not carries_derivatives(x) for x in inputs)
 
 
