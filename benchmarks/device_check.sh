@@ -23,9 +23,11 @@ step() {  # step NAME SECONDS COMMAND...
 
 step environment 30 bash -c \
     'nvidia-smi -L; python3 -c "import torch; print(torch.__version__, torch.cuda.is_available())"'
+# The compiled Triton kernel (kernels/triton_flat.py) against float64 on every architecture family it covers.
+step gpu_correctness 60 python3 benchmarks/gpu_correctness.py --device cuda
 # Default vs eager at N = 4,000 and 20,000 with the compiled pass and the fresh-process first calls (goals:
 # default >= 2x eager; first call <= 2 s; the fused first call sets COMPILE_SECONDS["cuda"]), then N = 50,000
-# (10 GB of output per kernel) without compiling.
+# (10 GB of output per kernel) without compiling. The default on CUDA is the Triton pass.
 step analytic 150 python3 benchmarks/analytic_kernel.py --device cuda --sizes 4000 20000 --repeats 5
 step analytic_50k 60 python3 benchmarks/analytic_kernel.py --device cuda --sizes 50000 --repeats 3 \
     --skip-fused --skip-first-call

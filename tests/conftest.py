@@ -1,5 +1,11 @@
 """Fixtures shared across test modules."""
 
+import os
+
+# Triton's CPU interpreter runs ntkit's GPU kernel in tests/kernels/test_triton_flat.py; Triton reads this when it is
+# imported (its own library functions must be interpretable too), so it is set before anything imports it.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 from threadpoolctl import threadpool_limits

@@ -18,6 +18,7 @@ from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
 from .cache import carries_derivatives, coefficient_cache
+from . import triton_flat
 from .near_parallel import NearParallelRefiner, kinked_layers, refinable
 from .scratch import Scratch
 from .spatial_plan import device_info
@@ -79,18 +80,24 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     # fused=None: compile when it pays (kernels/flat_plan.py): eager until this architecture's eager seconds on
     # large grids reach the device's compile cost, then the compiled pass from that tile on.
     key = (need_ntk, n0)
-    auto = fused is None and arch.fusable and n1 * n2 >= FUSE_MIN_ENTRIES
+    differentiable = carries_derivatives(x1) or carries_derivatives(x2)
+    # CUDA, float32, Dense and the ReLU family, nothing to differentiate: one hand-written Triton pass per tile,
+    # compiled in about a second (kernels/triton_flat.py); torch.compile's tens of seconds are never waited for.
+    table = None if fused is False or differentiable else triton_flat.program(layers, n0)
+    gpu_pass = table is not None and triton_flat.usable(x1.device, x1.dtype)
+    auto = fused is None and arch.fusable and n1 * n2 >= FUSE_MIN_ENTRIES and not gpu_pass
     kind = x1.device.type
     spent_before = arch._eager_seconds.get(key, 0.0)
     auto = auto and arch._fused_steps.get(key) is not False  # False: compiling failed here before
-    fuse = bool(fused) or (auto and (key in arch._fused_steps or compile_pays(spent_before, kind)))
+    fuse = not gpu_pass and (bool(fused) or (auto and (key in arch._fused_steps or compile_pays(spent_before, kind))))
     # Eager tiles with nothing to differentiate run their rules in place, on buffers reused from tile to tile
     # (bitwise the same values; ~1.4x faster on a CPU, where memory traffic is most of a tile's cost), and their
     # fewer temporaries leave room for larger tiles.
-    scratch = None if fuse or carries_derivatives(x1) or carries_derivatives(x2) else Scratch()
+    scratch = None if fuse or gpu_pass or differentiable else Scratch()
     costs = [layer.tile_cost if scratch is None or layer.in_place_tile_cost is None else layer.in_place_tile_cost
              for layer in layers]
-    plan = plan_flat(max(costs), n1, n2, x1.element_size(), device_info(x1.device), fuse, batch_size)
+    cost = triton_flat.TILE_COST if gpu_pass else max(costs)
+    plan = plan_flat(cost, n1, n2, x1.element_size(), device_info(x1.device), fuse or gpu_pass, batch_size)
     tile = plan.tile
     step = _step_function(arch, layers, need_ntk, n0, fuse)
     check_fits((len(get) * n1 * n2 + plan.working) * x1.element_size(), x1.device,
@@ -115,6 +122,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             refiner = NearParallelRefiner(lambda g, v1, v2: run_layers(layers, need_ntk, n0, g, v1, v2),
                                           x1, x2, symmetric)
         rules_report = kind == "cpu" and all(any(inner is layer for layer in layers) for inner in kinked)
+        if gpu_pass:
+            gpu_step = triton_flat.TritonSteps(table, need_ntk, x1.device, count_near_parallel=refiner is not None)
         for i, j in bar:
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True
@@ -130,20 +139,30 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 gram.diagonal().copy_(sq1[rows])  # exactly |x|²/n0, so a point's self-correlation is exactly 1
             masks = [] if refiner is not None and rules_report and scratch is not None and not fuse else None
             try:
-                if fuse:
+                if gpu_pass:
+                    nngp, ntk, final1, final2 = gpu_step(gram, sq1[rows, None], sq2[None, cols], symmetric and i == j)
+                    if gpu_step.subnormal:  # variances below float32's normal range: the tile on torch's rules
+                        nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
+                elif fuse:
                     nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
                 else:
                     nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols], scratch, masks)
-            except Exception as err:  # torch.compile unavailable here (no compiler, unsupported backend)
-                if not fuse or fused:
-                    raise
-                warnings.warn(f"ntkit: fused kernel evaluation failed ({type(err).__name__}: {err}); "
-                              "falling back to eager torch", RuntimeWarning, stacklevel=3)
-                fuse = auto = False
-                arch._fused_steps[(need_ntk, n0)] = False
-                step = _step_function(arch, layers, need_ntk, n0, False)
+            except Exception as err:  # no compiler here, an unsupported backend or GPU
+                if gpu_pass:  # eager torch for this tile and the rest; not tried again in this process
+                    triton_flat.disable(err)
+                    warnings.warn(f"ntkit: the Triton kernel failed ({type(err).__name__}: {err}); falling back to "
+                                  "eager torch", RuntimeWarning, stacklevel=3)
+                    gpu_pass = False
+                else:  # torch.compile unavailable here (no compiler, unsupported backend)
+                    if not fuse or fused:
+                        raise
+                    warnings.warn(f"ntkit: fused kernel evaluation failed ({type(err).__name__}: {err}); "
+                                  "falling back to eager torch", RuntimeWarning, stacklevel=3)
+                    fuse = auto = False
+                    arch._fused_steps[(need_ntk, n0)] = False
+                    step = _step_function(arch, layers, need_ntk, n0, False)
                 nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
-            if refiner is not None:
+            if refiner is not None and not (gpu_pass and not gpu_step.near_parallel):
                 buffer = None if masks is not None or scratch is None or fuse else scratch.empty(nngp.shape, nngp)
                 refiner.refine(nngp, ntk if isinstance(ntk, torch.Tensor) else None, masks, rows, cols,
                                (final1, final2), buffer)

@@ -334,9 +334,12 @@ class Serial(Layer):
             get: "nngp", "ntk" or both; the NNGP-only recursion skips the derivative kernels.
             batch_size: tile edge for the N1×N2 grid; memory is the outputs plus a few tiles
                 (default: chosen from the layers' working sets).
-            fused: (flat inputs) run each tile's whole recursion as one ``torch.compile``-d elementwise pass.
-                None (default) fuses large grids (N1·N2 >= 2²²) of closed-form layers, falling back to eager
-                torch if compilation is unavailable; False never compiles.
+            fused: (flat inputs) run each tile's whole recursion as one fused elementwise pass. On CUDA, float32
+                Dense/ReLU-family architectures use a hand-written Triton kernel (compiled in about a second,
+                ``kernels/triton_flat.py``) unless False; otherwise ``torch.compile``: None (default) compiles
+                once the eager seconds spent on large grids (N1·N2 >= 2²²) of closed-form layers reach the
+                device's compile cost, falling back to eager torch if compilation is unavailable; True compiles at
+                once; False never compiles.
             progress: show a tqdm bar over tiles (None: only for long runs on a terminal).
 
         Returns:
