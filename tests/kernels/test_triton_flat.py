@@ -86,13 +86,30 @@ def test_interpreted_kernel_matches_float64(name, interpreted):
         want = arch.kernel(x1.double(), None if second is None else second.double())
         for kernel in ("nngp", "ntk"):
             assert _relative(getattr(got, kernel), getattr(want, kernel)) < 1e-6, kernel
-        if second is None:
-            assert torch.equal(got.ntk, got.ntk.T)
+        if second is None:  # exactly, with no symmetrising pass (the kernel reads one triangle of the Gram)
+            assert torch.equal(got.ntk, got.ntk.T) and torch.equal(got.nngp, got.nngp.T)
     assert len(interpreted) == 2 * 3 + 3  # (2 × 3) tiles of 32, then the symmetric 2 × 2 grid's 3
     one = arch.kernel(x1, x2, get="ntk", batch_size=128)
     assert one.nngp is None and _relative(one.ntk, arch.kernel(x1.double(), x2.double()).ntk) < 1e-6
     nngp = arch.kernel(x1, get="nngp", batch_size=128)
     assert nngp.ntk is None and _relative(nngp.nngp, arch.kernel(x1.double()).nngp) < 1e-6
+    ntk = arch.kernel(x1, get="ntk", batch_size=32).ntk  # the NNGP in a buffer, the NTK copied out
+    assert torch.equal(ntk, ntk.T) and _relative(ntk, arch.kernel(x1.double()).ntk) < 1e-6
+
+
+def test_a_diagonal_tile_is_exactly_symmetric_from_an_unsymmetric_gram(interpreted):
+    """A GEMM's x·xᵀ can differ from its transpose in the last bit; the kernel reads one triangle for both."""
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(4))
+    gram = (x @ x.T) / 6
+    gram.diagonal().copy_((x * x).sum(1) / 6)
+    lower = torch.tril(torch.ones_like(gram, dtype=torch.bool), -1)
+    gram = torch.where(lower, torch.nextafter(gram, torch.full_like(gram, torch.inf)), gram)  # one ulp off below
+    steps = triton_flat.TritonSteps(triton_flat.program(ARCHS["leaky"].flatten(), 6), True, x.device, False)
+    variances = gram.diagonal()
+    nngp, ntk, _, _ = steps(gram, variances[:, None], variances[None, :], True)
+    assert torch.equal(nngp, nngp.T) and torch.equal(ntk, ntk.T)
+    unsymmetric, _, _, _ = steps(gram, variances[:, None], variances[None, :], False)
+    assert not torch.equal(unsymmetric, unsymmetric.T)  # what the triangle read prevents
 
 
 def test_symmetric_diagonal_is_kernel_diagonal(interpreted):

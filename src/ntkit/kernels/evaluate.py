@@ -124,6 +124,7 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
         rules_report = kind == "cpu" and all(any(inner is layer for layer in layers) for inner in kinked)
         if gpu_pass:
             gpu_step = triton_flat.TritonSteps(table, need_ntk, x1.device, count_near_parallel=refiner is not None)
+        unsymmetric = []  # diagonal tiles whose two halves were computed separately (see _symmetrize_diagonal_tiles)
         for i, j in bar:
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True
@@ -138,11 +139,18 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             if symmetric and i == j:
                 gram.diagonal().copy_(sq1[rows])  # exactly |x|²/n0, so a point's self-correlation is exactly 1
             masks = [] if refiner is not None and rules_report and scratch is not None and not fuse else None
+            written = False  # the Triton kernel wrote the tile straight into the outputs
             try:
                 if gpu_pass:
-                    nngp, ntk, final1, final2 = gpu_step(gram, sq1[rows, None], sq2[None, cols], symmetric and i == j)
+                    # straight into the outputs, unless only the NTK is wanted (the NNGP then needs a buffer)
+                    into = (out_nngp[rows, cols], out_ntk[rows, cols] if need_ntk else None) if out_nngp is not None \
+                        else (None, None)
+                    nngp, ntk, final1, final2 = gpu_step(gram, sq1[rows, None], sq2[None, cols], symmetric and i == j,
+                                                         *into)
+                    written = into[0] is not None
                     if gpu_step.subnormal:  # variances below float32's normal range: the tile on torch's rules
                         nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
+                        written = False
                 elif fuse:
                     nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
                 else:
@@ -162,7 +170,9 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                     arch._fused_steps[(need_ntk, n0)] = False
                     step = _step_function(arch, layers, need_ntk, n0, False)
                 nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
+            exactly_symmetric = gpu_pass and not gpu_step.subnormal  # the kernel's diagonal tiles are (TritonSteps)
             if refiner is not None and not (gpu_pass and not gpu_step.near_parallel):
+                exactly_symmetric = False
                 buffer = None if masks is not None or scratch is None or fuse else scratch.empty(nngp.shape, nngp)
                 refiner.refine(nngp, ntk if isinstance(ntk, torch.Tensor) else None, masks, rows, cols,
                                (final1, final2), buffer)
@@ -171,9 +181,12 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
                 if out is None:
                     continue
-                out[rows, cols] = value
+                if not written:
+                    out[rows, cols] = value
                 if symmetric and i != j:
                     out[cols, rows] = value.T
+            if symmetric and i == j and not exactly_symmetric:
+                unsymmetric.append(rows)
             if scratch is not None and not fuse:
                 scratch.give(nngp, ntk)  # copied out: the next tile reuses their buffers
             tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
@@ -181,8 +194,7 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             refiner.refine_diagonal(out_nngp, out_ntk)
     if auto and not fuse:
         arch._eager_seconds[key] = spent_before + time.perf_counter() - started
-    if symmetric:
-        _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile)
+    _symmetrize_diagonal_tiles(out_nngp, out_ntk, unsymmetric)
     for name, out in (("NNGP", out_nngp), ("NTK", out_ntk)):
         _check_no_overflow(out, name, arch)
     return Kernel(nngp=out_nngp, ntk=out_ntk)
@@ -252,14 +264,13 @@ def _activation_returning_nan(arch, dtype: torch.dtype, device: torch.device) ->
     return None
 
 
-def _symmetrize_diagonal_tiles(out_nngp, out_ntk, tile: int) -> None:
-    """Make diagonal tiles exactly symmetric: their two halves were computed separately and can differ in the
-    last bit (the Gram product's summation order is not symmetric)."""
+def _symmetrize_diagonal_tiles(out_nngp, out_ntk, tiles: list[slice]) -> None:
+    """Make these diagonal tiles exactly symmetric: their two halves were computed separately and can differ in
+    the last bit (the Gram product's summation order is not symmetric)."""
     for out in (out_nngp, out_ntk):
         if out is None:
             continue
-        n = out.shape[0]
-        for i in range(0, n, tile):
-            block = out[i:i + tile, i:i + tile]
+        for rows in tiles:
+            block = out[rows, rows]
             upper = torch.triu(block, 1)
             block.copy_(upper + upper.T + torch.diag_embed(block.diagonal()))

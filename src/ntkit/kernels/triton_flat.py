@@ -100,9 +100,14 @@ def program(layers, width: int) -> torch.Tensor | None:
 
 
 class TritonSteps:
-    """The per-tile step of ``evaluate_kernel`` for one architecture's ``program``: (gram, var1, var2, diagonal)
-    → (NNGP, NTK or None, final variances of the rows (t1, 1) and of the columns (1, t2)); ``diagonal``: the
-    tile is on a symmetric kernel's diagonal (its own diagonal pairs are not counted as near-parallel).
+    """The per-tile step of ``evaluate_kernel`` for one architecture's ``program``: (gram, var1, var2, diagonal,
+    nngp_out, ntk_out) → (NNGP, NTK or None, final variances of the rows (t1, 1) and of the columns (1, t2)).
+
+    ``diagonal``: the tile is on a symmetric kernel's diagonal. Its Gram is then read from the upper triangle on
+    both sides, and every rule is symmetric in its two points (√q1·√q2 is one product), so the tile comes out
+    exactly symmetric without a symmetrising pass, and its own diagonal pairs are not counted as near-parallel.
+    ``nngp_out``/``ntk_out``: (t1, t2) views with unit column stride (the engine's output blocks) to write into,
+    or None for fresh buffers.
 
     After each call, read back once per tile (few on a GPU): ``near_parallel``, the tile's count of pairs within
     ``NEAR_PARALLEL`` of ρ = ±1 at a rectified layer (0 unless ``count_near_parallel``), and ``subnormal``, its
@@ -116,22 +121,34 @@ class TritonSteps:
         self.near_parallel = self.subnormal = 0
         self._counters = torch.zeros(2, dtype=torch.int32, device=device)
 
-    def __call__(self, gram: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, diagonal: bool = False):
+    def __call__(self, gram: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, diagonal: bool = False,
+                 nngp_out: torch.Tensor | None = None, ntk_out: torch.Tensor | None = None):
         t1, t2 = gram.shape
         gram = gram.contiguous()
-        nngp = torch.empty_like(gram)
-        ntk = torch.empty_like(gram) if self.need_ntk else nngp  # unused without the NTK: any pointer will do
+        nngp = _destination(nngp_out, gram)
+        ntk = _destination(ntk_out, gram) if self.need_ntk else nngp  # unused without the NTK: any pointer will do
+        if ntk.stride(0) != nngp.stride(0):
+            raise ValueError("the NNGP and NTK destinations must have the same row stride")
         final1 = torch.empty(t1, dtype=gram.dtype, device=gram.device)
         final2 = torch.empty(t2, dtype=gram.dtype, device=gram.device)
         self._counters.zero_()
         grid = (triton.cdiv(t1, _BLOCK_M), triton.cdiv(t2, _BLOCK_N))
-        _kernel(INTERPRET)[grid](gram, nngp, ntk, var1.reshape(-1).contiguous(), var2.reshape(-1).contiguous(), final1,
-                          final2, self.table, self._counters, t1, t2, gram.stride(0), int(diagonal),
-                          N_OPS=self.table.shape[0], NEED_NTK=self.need_ntk, COUNT=self.count, SNAP=_SNAP,
-                          NEAR=1.0 - NEAR_PARALLEL, TINY=SUBNORMAL_SCALE, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
-                          num_warps=_WARPS)
+        _kernel(INTERPRET)[grid](
+            gram, nngp, ntk, var1.reshape(-1).contiguous(), var2.reshape(-1).contiguous(), final1, final2,
+            self.table, self._counters, t1, t2, gram.stride(0), nngp.stride(0), int(diagonal),
+            N_OPS=self.table.shape[0], NEED_NTK=self.need_ntk, COUNT=self.count, SNAP=_SNAP, NEAR=1.0 - NEAR_PARALLEL,
+            TINY=SUBNORMAL_SCALE, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS)
         self.near_parallel, self.subnormal = (int(v) for v in self._counters.tolist())
         return nngp, (ntk if self.need_ntk else None), final1[:, None], final2[None, :]
+
+
+def _destination(out: torch.Tensor | None, gram: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty_like(gram)
+    if out.shape != gram.shape or out.stride(1) != 1 or out.dtype != gram.dtype or out.device != gram.device:
+        raise ValueError(f"an output block must be a {tuple(gram.shape)} {gram.dtype} view with unit column stride "
+                         f"on {gram.device}; got {tuple(out.shape)}, strides {out.stride()}, {out.dtype}")
+    return out
 
 
 _KERNELS: dict[bool, object] = {}
@@ -156,7 +173,7 @@ SUBNORMAL_SCALE = torch.finfo(torch.float32).tiny / torch.finfo(torch.float32).e
 
 
 def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr, final2_ptr, table_ptr,
-                    counter_ptr, t1, t2, stride, diagonal,
+                    counter_ptr, t1, t2, gram_stride, out_stride, diagonal,
                     N_OPS: tl.constexpr, NEED_NTK: tl.constexpr, COUNT: tl.constexpr, SNAP: tl.constexpr,
                     NEAR: tl.constexpr, TINY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) block of a tile: the program table applied to its Gram entries (module docstring)."""
@@ -167,7 +184,11 @@ def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr,
     row_in = rows < t1
     col_in = cols < t2
     inside = row_in[:, None] & col_in[None, :]
-    offsets = rows[:, None] * stride + cols[None, :]  # the Gram and the outputs are contiguous (t1, t2)
+    if diagonal != 0:  # the upper triangle on both sides: a symmetric Gram (a GEMM's need not be, bitwise)
+        upper = rows[:, None] <= cols[None, :]
+        offsets = tl.where(upper, rows[:, None] * gram_stride + cols[None, :], cols[None, :] * gram_stride + rows[:, None])
+    else:
+        offsets = rows[:, None] * gram_stride + cols[None, :]
     c = tl.load(gram_ptr + offsets, mask=inside, other=0.0)
     q1 = tl.load(var1_ptr + rows, mask=row_in, other=0.0)
     q2 = tl.load(var2_ptr + cols, mask=col_in, other=0.0)
@@ -191,8 +212,9 @@ def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr,
             small += tl.sum(((q2 > 0.0) & (q2 < TINY) & col_in).to(tl.int32), axis=0)
             r1 = tl.sqrt_rn(q1)
             r2 = tl.sqrt_rn(q2)
+            norm = r1[:, None] * r2[None, :]  # √q1·√q2 as dual.correlation forms it: the same for (x, x') and (x', x)
             # a zero variance has c = 0 (Cauchy–Schwarz), and ρ = 0 there (dual.correlation)
-            rho = tl.div_rn(tl.div_rn(c, tl.where(r1 > 0.0, r1, 1.0)[:, None]), tl.where(r2 > 0.0, r2, 1.0)[None, :])
+            rho = tl.div_rn(c, tl.where(norm > 0.0, norm, 1.0))
             rho = tl.minimum(tl.maximum(rho, -1.0), 1.0)
             if COUNT:
                 flagged = tl.abs(rho) > NEAR
@@ -213,14 +235,15 @@ def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr,
                              1.57079632679490 - tl.where(rho < 0.0, -arcsin, arcsin))
             sin_theta = tl.sqrt_rn(tl.maximum(1.0 - rho * rho, 0.0))
             kdot = p2 - p1 * theta
-            c = (rho * kdot + p1 * sin_theta) * r1[:, None] * r2[None, :]  # at ρ = 1: p2·r1·r2
+            c = (rho * kdot + p1 * sin_theta) * norm  # at ρ = 1: p2·(r1·r2)
             if NEED_NTK:
                 ntk = ntk * kdot
-            q1 = p2 * r1 * r1  # what c becomes at ρ = 1, in the same order: a point's ρ with itself stays 1
-            q2 = p2 * r2 * r2
-    tl.store(nngp_ptr + offsets, c, mask=inside)
+            q1 = p2 * (r1 * r1)  # what c becomes at ρ = 1, in the same order: a point's ρ with itself stays 1
+            q2 = p2 * (r2 * r2)
+    destination = rows[:, None] * out_stride + cols[None, :]
+    tl.store(nngp_ptr + destination, c, mask=inside)
     if NEED_NTK:
-        tl.store(ntk_ptr + offsets, ntk, mask=inside)
+        tl.store(ntk_ptr + destination, ntk, mask=inside)
     tl.store(final1_ptr + rows, q1, mask=row_in & (pid_n == 0))
     tl.store(final2_ptr + cols, q2, mask=col_in & (pid_m == 0))
     if COUNT:
