@@ -1,18 +1,16 @@
 """The Triton kernel of flat kernels (``kernels/triton_flat.py``), run by Triton's CPU interpreter (tests/conftest.py
 sets TRITON_INTERPRET), and compiled for an sm_90 GPU in a subprocess (no GPU needed to compile)."""
 
-import inspect
 import os
 import subprocess
 import sys
-import textwrap
 import warnings
 
 import pytest
 import torch
 
 import ntkit as nk
-from ntkit.kernels import evaluate, near_parallel, triton_flat
+from ntkit.kernels import near_parallel, triton_flat
 from ntkit.kernels.flat_plan import plan_flat
 from ntkit.kernels.spatial_plan import DeviceInfo
 
