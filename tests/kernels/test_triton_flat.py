@@ -184,6 +184,17 @@ def test_failure_warns_and_falls_back_for_the_process(interpreted, monkeypatch):
         arch.kernel(x)  # not tried again: no second warning
 
 
+def test_int64_offsets_past_two_to_the_31(interpreted, monkeypatch):
+    assert not triton_flat.wide_offsets(8192, 8192, 8192, 50_000)  # the planned GPU tiles of N = 50,000
+    assert triton_flat.wide_offsets(50_000, 50_000, 50_000)        # batch_size=50,000: one 10 GB tile
+    assert triton_flat.wide_offsets(2, 2 ** 31, 2 ** 31)
+    x = torch.randn(20, 4)
+    arch = ARCHS["relu"]
+    got = arch.kernel(x, batch_size=8)
+    monkeypatch.setattr(triton_flat, "wide_offsets", lambda *args: True)
+    assert torch.equal(arch.kernel(x, batch_size=8).ntk, got.ntk)  # the int64 variant: the same values
+
+
 def test_plan_on_a_gpu_is_few_large_tiles():
     h100 = DeviceInfo(kind="cuda", free_bytes=78 << 30)
     assert plan_flat(triton_flat.TILE_COST, 4000, 4000, 4, h100, True).tile == 4000
@@ -200,11 +211,13 @@ from ntkit.kernels import triton_flat as tf
 
 names = list(inspect.signature(tf._flat_recursion).parameters)
 constants = {"N_OPS": 7, "NEED_NTK": True, "COUNT": True, "SNAP": tf._SNAP, "NEAR": 1 - 1e-4,
-             "TINY": tf.SUBNORMAL_SCALE, "BLOCK_M": tf._BLOCK_M, "BLOCK_N": tf._BLOCK_N}
+             "TINY": tf.SUBNORMAL_SCALE, "WIDE": False, "BLOCK_M": tf._BLOCK_M, "BLOCK_N": tf._BLOCK_N}
 signature = {name: "constexpr" if name in constants else "*i32" if name == "counter_ptr"
              else "*fp32" if name.endswith("_ptr") else "i32" for name in names}
-kernel = triton.compile(ASTSource(fn=JITFunction(tf._flat_recursion), signature=signature, constexprs=constants),
-                        target=GPUTarget("cuda", 90, 32), options={"num_warps": tf._WARPS})
+for wide in (True, False):  # the int64 variant compiles too; the int32 one is the common case, checked below
+    kernel = triton.compile(ASTSource(fn=JITFunction(tf._flat_recursion), signature=signature,
+                                      constexprs={**constants, "WIDE": wide}),
+                            target=GPUTarget("cuda", 90, 32), options={"num_warps": tf._WARPS})
 path = sys.argv[1]
 open(path, "wb").write(kernel.asm["cubin"])
 tool = triton.__path__[0] + "/backends/nvidia/bin/cuobjdump"

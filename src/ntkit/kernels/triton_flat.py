@@ -137,9 +137,16 @@ class TritonSteps:
             gram, nngp, ntk, var1.reshape(-1).contiguous(), var2.reshape(-1).contiguous(), final1, final2,
             self.table, self._counters, t1, t2, gram.stride(0), nngp.stride(0), int(diagonal),
             N_OPS=self.table.shape[0], NEED_NTK=self.need_ntk, COUNT=self.count, SNAP=_SNAP, NEAR=1.0 - NEAR_PARALLEL,
-            TINY=SUBNORMAL_SCALE, BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS)
+            TINY=SUBNORMAL_SCALE, WIDE=wide_offsets(t1, t2, gram.stride(0), nngp.stride(0)), BLOCK_M=_BLOCK_M,
+            BLOCK_N=_BLOCK_N, num_warps=_WARPS)
         self.near_parallel, self.subnormal = (int(v) for v in self._counters.tolist())
         return nngp, (ntk if self.need_ntk else None), final1[:, None], final2[None, :]
+
+
+def wide_offsets(t1: int, t2: int, *row_strides: int) -> bool:
+    """Whether a tile's element offsets from its base can pass 2³¹ − 1, so the kernel must index in int64 (a
+    user's ``batch_size`` of 50,000 writes into a 50,000-wide output: offsets up to 2.5·10⁹)."""
+    return max((t1 - 1) * stride + t2 for stride in row_strides) >= 2 ** 31
 
 
 def _destination(out: torch.Tensor | None, gram: torch.Tensor) -> torch.Tensor:
@@ -175,12 +182,16 @@ SUBNORMAL_SCALE = torch.finfo(torch.float32).tiny / torch.finfo(torch.float32).e
 def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr, final2_ptr, table_ptr,
                     counter_ptr, t1, t2, gram_stride, out_stride, diagonal,
                     N_OPS: tl.constexpr, NEED_NTK: tl.constexpr, COUNT: tl.constexpr, SNAP: tl.constexpr,
-                    NEAR: tl.constexpr, TINY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                    NEAR: tl.constexpr, TINY: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) block of a tile: the program table applied to its Gram entries (module docstring)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE:  # offsets past 2³¹ (wide_offsets)
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
     row_in = rows < t1
     col_in = cols < t2
     inside = row_in[:, None] & col_in[None, :]
