@@ -18,6 +18,7 @@ import torch
 
 import ntkit as nk
 from ntkit.kernels import triton_flat
+from _timing import device_description
 
 ARCHS = {
     "relu": nk.mlp(3, 1, activation="relu", b_std=0.1),
@@ -43,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     device = torch.device(parser.parse_args().device)
+    print(json.dumps(dict(device=device_description(device), torch=torch.__version__)))
     x1, x2 = points(0), points(1)[:700]
     calls = []
     original = triton_flat.TritonSteps.__call__
