@@ -17,7 +17,7 @@ import time
 import torch
 
 import ntkit as nk
-from ntkit.kernels import triton_flat
+from ntkit.kernels import triton_flat, triton_support
 from _timing import device_description
 
 ARCHS = {
@@ -66,7 +66,7 @@ def main() -> None:
             worst = max(worst, *errors.values())
             print(json.dumps(dict(arch=name, symmetric=second is None, triton_tiles=len(calls), seconds=seconds,
                                   **{f"{k}_rel_error": v for k, v in errors.items()})), flush=True)
-    print(json.dumps(dict(worst_rel_error=worst, triton_disabled=triton_flat._disabled)))
+    print(json.dumps(dict(worst_rel_error=worst, triton_disabled=triton_support.disabled())))
 
 
 if __name__ == "__main__":

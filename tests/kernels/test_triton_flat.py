@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.kernels import near_parallel, triton_flat
+from ntkit.kernels import near_parallel, triton_flat, triton_support
 from ntkit.kernels.flat_plan import plan_flat
 from ntkit.kernels.spatial_plan import DeviceInfo
 
@@ -22,8 +22,8 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture
 def interpreted(monkeypatch):
     """The Triton pass on CPU tensors (interpreted), counting its tile calls."""
-    monkeypatch.setattr(triton_flat, "INTERPRET", True)
-    monkeypatch.setattr(triton_flat, "_disabled", None)
+    monkeypatch.setattr(triton_support, "INTERPRET", True)
+    monkeypatch.setattr(triton_support, "_disabled", None)
     calls = []
     original = triton_flat.TritonSteps.__call__
 
@@ -62,13 +62,13 @@ def test_program_encodes_dense_and_the_relu_family_only():
 
 
 def test_usable_only_for_float32_on_cuda_unless_interpreted(monkeypatch):
-    monkeypatch.setattr(triton_flat, "_disabled", None)
+    monkeypatch.setattr(triton_support, "_disabled", None)
     assert triton_flat.usable(torch.device("cuda"), torch.float32)
     assert not triton_flat.usable(torch.device("cuda"), torch.float64)
     assert not triton_flat.usable(torch.device("cpu"), torch.float32)
-    monkeypatch.setattr(triton_flat, "INTERPRET", True)
+    monkeypatch.setattr(triton_support, "INTERPRET", True)
     assert triton_flat.usable(torch.device("cpu"), torch.float32)
-    triton_flat.disable(RuntimeError("no GPU compiler"))
+    triton_support.disable(RuntimeError("no GPU compiler"))
     assert not triton_flat.usable(torch.device("cuda"), torch.float32)
 
 
@@ -168,12 +168,12 @@ def test_subnormal_variances_fall_back_to_torch(interpreted):
 
 
 def test_failure_warns_and_falls_back_for_the_process(interpreted, monkeypatch):
-    def broken(interpret):
+    def broken(fn):
         raise RuntimeError("PTX assembly failed")
 
     arch = ARCHS["leaky"]
     x = torch.randn(30, 5)
-    monkeypatch.setattr(triton_flat, "_kernel", broken)
+    monkeypatch.setattr(triton_support, "build", broken)
     with pytest.warns(RuntimeWarning, match="Triton kernel failed .*PTX assembly failed"):
         got = arch.kernel(x, batch_size=16)
     want = arch.kernel(x, fused=False, batch_size=16)

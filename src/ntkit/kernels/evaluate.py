@@ -18,7 +18,7 @@ from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
 from .cache import carries_derivatives, coefficient_cache
-from . import triton_flat
+from . import triton_flat, triton_support
 from .near_parallel import NearParallelRefiner, kinked_layers, refinable
 from .scratch import Scratch
 from .spatial_plan import device_info
@@ -157,7 +157,7 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                     nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols], scratch, masks)
             except Exception as err:  # no compiler here, an unsupported backend or GPU
                 if gpu_pass:  # eager torch for this tile and the rest; not tried again in this process
-                    triton_flat.disable(err)
+                    triton_support.disable(err)
                     warnings.warn(f"ntkit: the Triton kernel failed ({type(err).__name__}: {err}); falling back to "
                                   "eager torch", RuntimeWarning, stacklevel=3)
                     gpu_pass = False

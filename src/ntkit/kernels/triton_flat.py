@@ -29,15 +29,11 @@ import math
 
 import torch
 
+from . import triton_support
 from .dual import NEAR_PARALLEL
+from .triton_support import tl, triton
 
-try:  # CUDA builds of torch ship Triton; the CPU build and other platforms need not have it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is absent
-    triton = tl = None
-
-__all__ = ["program", "TritonSteps", "usable", "disable", "TILE_COST"]
+__all__ = ["program", "TritonSteps", "usable", "TILE_COST"]
 
 # Tile-sized tensors alive per tile: the Gram tile (kept: a tile whose variances leave float32's normal range is
 # recomputed from it by torch's rules), the NNGP and the NTK.
@@ -51,24 +47,10 @@ _ROW = 7
 _BLOCK_M, _BLOCK_N, _WARPS = 8, 128, 4
 
 
-# Run the kernel in Triton's CPU interpreter, on any device (the tests; Triton must have been imported with
-# TRITON_INTERPRET=1 for its own library functions to be interpretable).
-INTERPRET = False
-# Why the kernel failed in this process (it is then not tried again), or None.
-_disabled: str | None = None
-
-
 def usable(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the Triton pass runs here: Triton importable, a CUDA device (any device with ``INTERPRET``),
-    float32 tiles (float64 stays on torch), and no failure of the kernel earlier in this process."""
-    return (triton is not None and _disabled is None and dtype == torch.float32
-            and (INTERPRET or device.type == "cuda"))
-
-
-def disable(error: BaseException) -> None:
-    """Stop using the kernel in this process (it failed to compile or run here)."""
-    global _disabled
-    _disabled = f"{type(error).__name__}: {error}"
+    """Whether the Triton pass runs here: float32 tiles (float64 stays on torch) where Triton kernels run
+    (``triton_support.usable``)."""
+    return dtype == torch.float32 and triton_support.usable(device)
 
 
 def program(layers, width: int) -> torch.Tensor | None:
@@ -133,7 +115,7 @@ class TritonSteps:
         final2 = torch.empty(t2, dtype=gram.dtype, device=gram.device)
         self._counters.zero_()
         grid = (triton.cdiv(t1, _BLOCK_M), triton.cdiv(t2, _BLOCK_N))
-        _kernel(INTERPRET)[grid](
+        triton_support.build(_flat_recursion)[grid](
             gram, nngp, ntk, var1.reshape(-1).contiguous(), var2.reshape(-1).contiguous(), final1, final2,
             self.table, self._counters, t1, t2, gram.stride(0), nngp.stride(0), int(diagonal),
             N_OPS=self.table.shape[0], NEED_NTK=self.need_ntk, COUNT=self.count, SNAP=_SNAP, NEAR=1.0 - NEAR_PARALLEL,
@@ -156,22 +138,6 @@ def _destination(out: torch.Tensor | None, gram: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"an output block must be a {tuple(gram.shape)} {gram.dtype} view with unit column stride "
                          f"on {gram.device}; got {tuple(out.shape)}, strides {out.stride()}, {out.dtype}")
     return out
-
-
-_KERNELS: dict[bool, object] = {}
-
-
-def _kernel(interpret: bool):
-    """The jitted kernel (compiled for the GPU on its first launch) or its interpreted twin, built once each."""
-    if triton is None:
-        raise RuntimeError("the Triton kernel needs the triton package (shipped with CUDA builds of torch)")
-    if interpret not in _KERNELS:
-        if interpret:
-            from triton.runtime.interpreter import InterpretedFunction
-            _KERNELS[interpret] = InterpretedFunction(_flat_recursion)
-        else:
-            _KERNELS[interpret] = triton.jit(_flat_recursion)
-    return _KERNELS[interpret]
 
 
 _SNAP = 1.0 - 4.0 * torch.finfo(torch.float32).eps  # ρ beyond 4 ulps of ±1 is ±1 (dual.correlation)
