@@ -1,9 +1,10 @@
 """The CUDA engines against float64 on the CPU, for a session lent a GPU (benchmarks/device_check.sh).
 
-The CPU suite runs the Triton kernel of ``kernels/triton_flat.py`` through Triton's interpreter and compiles it for
-sm_90 without a GPU; this runs the compiled kernel itself, on every architecture family it covers (NTK and
-standard parameterisation, ReLU, LeakyReLU, Abs, Identity, near-duplicate points, symmetric and not), and reports
-per case the largest error relative to the kernel's scale, which engine ran, and the first call's seconds.
+The CPU suite runs ntkit's Triton kernels (``kernels/triton_flat.py``, ``kernels/triton_series.py``) through
+Triton's interpreter and compiles them for sm_90 without a GPU; this runs the compiled kernels themselves, on every
+architecture family they cover (NTK and standard parameterisation, ReLU, LeakyReLU, Abs, Identity, the quadrature
+activations' series, near-duplicate points, symmetric and not), and reports per case the largest error relative to
+the kernel's scale, how many tiles the flat kernel computed, and the first call's seconds.
 
     python3 benchmarks/gpu_correctness.py [--device cuda]
 """
@@ -29,6 +30,8 @@ ARCHS = {
     "mixed": nk.Serial(nk.Dense(8, b_std=0.1), nk.ReLU(), nk.Dense(8, w_std=1.2), nk.Abs(), nk.Dense(8),
                        nk.Identity(), nk.Dense(1, b_std=0.3)),
     "erf (torch engines)": nk.mlp(2, 1, activation="erf", b_std=0.1),
+    "tanh (Triton series)": nk.mlp(3, 1, activation="tanh", b_std=0.1),
+    "softplus (Triton series)": nk.mlp(2, 1, activation="softplus", b_std=0.1),
 }
 
 

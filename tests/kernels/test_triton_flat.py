@@ -1,9 +1,6 @@
 """The Triton kernel of flat kernels (``kernels/triton_flat.py``), run by Triton's CPU interpreter (tests/conftest.py
-sets TRITON_INTERPRET), and compiled for an sm_90 GPU in a subprocess (no GPU needed to compile)."""
+sets TRITON_INTERPRET); test_triton_compile.py compiles it for a GPU."""
 
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -199,40 +196,3 @@ def test_plan_on_a_gpu_is_few_large_tiles():
     h100 = DeviceInfo(kind="cuda", free_bytes=78 << 30)
     assert plan_flat(triton_flat.TILE_COST, 4000, 4000, 4, h100, True).tile == 4000
     assert plan_flat(triton_flat.TILE_COST, 50_000, 50_000, 4, h100, True).tile == 8192
-
-
-_COMPILE = """
-import inspect, re, subprocess, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import JITFunction
-from ntkit.kernels import triton_flat as tf
-
-names = list(inspect.signature(tf._flat_recursion).parameters)
-constants = {"N_OPS": 7, "NEED_NTK": True, "COUNT": True, "SNAP": tf._SNAP, "NEAR": 1 - 1e-4,
-             "TINY": tf.SUBNORMAL_SCALE, "WIDE": False, "BLOCK_M": tf._BLOCK_M, "BLOCK_N": tf._BLOCK_N}
-signature = {name: "constexpr" if name in constants else "*i32" if name == "counter_ptr"
-             else "*fp32" if name.endswith("_ptr") else "i32" for name in names}
-for wide in (True, False):  # the int64 variant compiles too; the int32 one is the common case, checked below
-    kernel = triton.compile(ASTSource(fn=JITFunction(tf._flat_recursion), signature=signature,
-                                      constexprs={**constants, "WIDE": wide}),
-                            target=GPUTarget("cuda", 90, 32), options={"num_warps": tf._WARPS})
-path = sys.argv[1]
-open(path, "wb").write(kernel.asm["cubin"])
-tool = triton.__path__[0] + "/backends/nvidia/bin/cuobjdump"
-print(subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout)
-"""
-
-
-def test_kernel_compiles_for_an_sm90_gpu_without_spilling(tmp_path):
-    """The compiled (not interpreted) kernel, built for an H100/H200 by Triton's own compiler and assembler, which
-    need no GPU: it compiles, and its registers fit without spilling to local memory at the chosen block shape."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
-    done = subprocess.run([sys.executable, "-c", _COMPILE, str(tmp_path / "kernel.cubin")], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    usage = done.stdout.split("Function _flat_recursion:")[1]
-    registers = int(usage.split("REG:")[1].split()[0])
-    assert "STACK:0" in usage and "LOCAL:0" in usage and registers <= 128, usage

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import roots_hermitenorm
 
+from . import triton_series
 from .cache import memoized
 from .dual import correlation
 
@@ -207,7 +208,11 @@ def _relative_size(coefficients: Tensor) -> Tensor:
 
 
 def _horner(first: Tensor, second: Tensor, r: Tensor) -> Tensor:
-    """Σ_m r^m first[m] second[m] (broadcast products), by Horner's rule from the highest m."""
+    """Σ_m r^m first[m] second[m] (broadcast products), by Horner's rule from the highest m. Flat tiles on a GPU
+    take one Triton pass (kernels/triton_series.py) instead of two tile passes per term."""
+    fused = triton_series.horner(first, second, r)
+    if fused is not None:
+        return fused
     terms1, terms2 = first.unbind(0), second.unbind(0)  # one C++ call instead of a select per term
     acc = terms1[-1] * terms2[-1]
     in_place = not (torch.is_grad_enabled() and (first.requires_grad or second.requires_grad or r.requires_grad))
