@@ -54,13 +54,12 @@ def check_fits(nbytes: int, device: torch.device | str, what: str, hint: str = "
 def empty_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
     """``torch.empty`` for a large result that the kernel engines fill tile by tile.
 
-    Each row of a tile (and of its mirror image below the diagonal) lands on its own 4 KiB page of the output, so
-    a 384-point tile touches 768 pages, and at N = 4,000 the tile copies into the two 64 MB outputs took 73 ms of a
-    275 ms ReLU kernel on 2 cores: TLB misses and first-touch faults. On Linux CPUs the buffer is therefore advised
-    to use transparent huge pages (madvise MADV_HUGEPAGE on its 2 MiB-aligned interior: 512x fewer pages). Paired in
-    one process, the same kernel took 221 ms against 272 ms (zero-filling the outputs first instead: 279 ms, so
-    the cost was the pages, not only their faults). Only this buffer's mapping is advised; a kernel without
-    transparent huge pages ignores the advice, and so does this function on failure."""
+    A fresh buffer's pages are mapped (and zeroed by the kernel) on first write, one 4 KiB page fault at a time,
+    and tiles write a few rows' worth of each page: at N = 4,000 the copies of tiles into the two 64 MB outputs took
+    73 ms of a 275 ms ReLU kernel on 2 cores, almost all of it faults. On Linux CPUs the buffer is therefore advised
+    to use transparent huge pages (madvise MADV_HUGEPAGE on its 2 MiB-aligned interior; 512x fewer faults and
+    TLB entries): the same kernel then took 224 ms (benchmarks/analytic_kernel.py). Only this buffer's mapping is
+    advised; a kernel without transparent huge pages ignores the advice, and so does this function on failure."""
     out = torch.empty(shape, dtype=dtype, device=device)
     if out.device.type == "cpu" and sys.platform.startswith("linux") and out.nbytes >= HUGE_PAGES_MIN_BYTES:
         _advise_huge_pages(out.data_ptr(), out.nbytes)
