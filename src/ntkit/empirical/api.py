@@ -8,7 +8,6 @@ import math
 import torch
 from torch.utils._pytree import tree_leaves
 
-from .._memory import empty_output
 from .blocks import assemble
 from .checks import (check_batch_size, check_max_memory, check_method, check_model, check_output, check_output_fn,
                      check_result_finite, compute_dtype, model_inputs, without_inference_tensors)
@@ -124,7 +123,7 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
             # and above the diagonal are contracted: 4 row blocks do 10/16 of the contraction's work.
             block = min(chunk, -(-n1 // 4))
             chunk -= chunk % block
-        result = empty_output(shape, fn.dtype, fn.device)  # filled block by block: huge pages on Linux CPUs
+        result = torch.empty(shape, dtype=fn.dtype, device=fn.device)
 
         def features(side, rows):
             return chosen.features(take(sides[side - 1], rows))
