@@ -13,7 +13,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from .._memory import check_fits, empty_output
+from .._memory import check_fits
 from .._threads import ThreadTuner
 from .flat_plan import FUSE_MIN_ENTRIES, compile_pays, plan_flat
 from .kernel import Kernel, KernelState
@@ -103,8 +103,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     check_fits((len(get) * n1 * n2 + plan.working) * x1.element_size(), x1.device,
                f"the ({n1}, {n2}) kernel(s) {get}", "Ask for one kernel (get='ntk'), or compute blocks of rows of x1 "
                "in turn.")
-    out_nngp = empty_output((n1, n2), x1.dtype, x1.device) if "nngp" in get else None
-    out_ntk = empty_output((n1, n2), x1.dtype, x1.device) if need_ntk else None
+    out_nngp = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if "nngp" in get else None
+    out_ntk = torch.empty(n1, n2, dtype=x1.dtype, device=x1.device) if need_ntk else None
     # Σ⁽⁰⁾ = x·x'/n0 (DESIGN conventions); its diagonal by the same formula on both sides.
     sq1 = (x1 * x1).sum(1) / n0
     sq2 = sq1 if symmetric else (x2 * x2).sum(1) / n0

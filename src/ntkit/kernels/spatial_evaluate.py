@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .._memory import check_fits, empty_output
+from .._memory import check_fits
 from .._threads import ThreadTuner
 from ..layers.base import Signature, apply_layer, output_forms, output_signatures
 from .evaluate import _check_no_overflow
@@ -119,7 +119,7 @@ class _Grid:
         self.x1, self.x2, self.plan, self.scratch, self.symmetric = x1, x2, plan, scratch, symmetric
         self.records1, self.records2 = records1, records2
         self.need_ntk = "ntk" in get
-        self.out = {name: empty_output((len(x1), len(x2)), x1.dtype, x1.device) for name in get}
+        self.out = {name: torch.empty(len(x1), len(x2), dtype=x1.dtype, device=x1.device) for name in get}
         self.near_parallel: SpatialPairs | None = None  # set by evaluate_spatial for float32 rectified nets
         # Busy CPUs: one thread may be faster (ntkit._threads); timed on the sub-tiles, the bulk of the work.
         per_group = -(-plan.group[0] // plan.sub_tile[0]) * -(-plan.group[1] // plan.sub_tile[1])
