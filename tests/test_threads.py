@@ -43,6 +43,21 @@ def test_small_kernels_run_on_one_thread_and_the_setting_is_restored(two_threads
     assert set(seen) == {2} and torch.get_num_threads() == 2
 
 
+def test_the_setting_is_restored_after_a_tuned_call_that_chose_one_thread(two_threads, monkeypatch):
+    """Large work keeps the user's count, and the tile loop's ThreadTuner may then switch to one thread; the call
+    still ends on the user's count (it did not: every later kernel of the process ran on one thread)."""
+    monkeypatch.setattr(_threads.ThreadTuner, "best", property(lambda self: 1))
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)
+    seen = []
+    arch = nk.Serial(nk.Dense(8, b_std=0.1), _recording_activation(seen), nk.Dense(1))
+    arch.kernel(torch.randn(40, 3), batch_size=8)  # 15 tiles: the tuner is active
+    assert 1 in seen and 2 in seen and torch.get_num_threads() == 2
+    seen.clear()
+    nk.mlp(2, 1).kernel(torch.randn(64, 3), batch_size=8)
+    nk.cnn(1, readout="gap").kernel(torch.randn(12, 1, 4, 4), batch_size=2)  # the spatial engine's tuner too
+    assert torch.get_num_threads() == 2
+
+
 def test_the_setting_is_restored_when_the_call_fails(two_threads):
     def broken(u):
         raise RuntimeError("σ failed")

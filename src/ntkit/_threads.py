@@ -49,14 +49,15 @@ def intra_op_threads(work: float, device: torch.device | str = "cpu"):
     """Run the block with ``threads_for(work, device)`` intra-op threads, restoring the user's count after."""
     user = torch.get_num_threads()
     chosen = threads_for(work, device)
-    if chosen == user:
-        yield
-        return
-    torch.set_num_threads(chosen)
+    if chosen != user:
+        torch.set_num_threads(chosen)
     try:
         yield
     finally:
-        torch.set_num_threads(user)
+        # Also when the user's count was kept: a ThreadTuner inside may have moved to one thread (a tuned call used
+        # to leave the process on one thread: every later large kernel ran on one core).
+        if torch.get_num_threads() != user:
+            torch.set_num_threads(user)
 
 
 class ThreadTuner:
