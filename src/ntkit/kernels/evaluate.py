@@ -268,7 +268,7 @@ def _symmetrize_diagonal_tiles(out_nngp, out_ntk, tiles: list[slice]) -> None:
     """Make these diagonal tiles exactly symmetric: their two halves were computed separately and can differ in
     the last bit (a Gram product's summation order need not be symmetric, nor a rule's arithmetic in its two
     points, e.g. GELU's). Most tiles already are (CPU BLAS Grams and the ReLU family's rules: measured), and one
-    comparison is ~20x cheaper than the symmetrising passes (at N = 4,000 these took 26 ms of 190)."""
+    comparison is much cheaper than the symmetrising passes (N = 4,000 ReLU kernel, paired: 196 -> 188 ms)."""
     for out in (out_nngp, out_ntk):
         if out is None:
             continue
