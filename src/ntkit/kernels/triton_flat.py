@@ -17,10 +17,12 @@ with the rows' and columns' variances q carried alongside by the same rules at �
 rule changes nothing); any other layer keeps the architecture on the torch engines. arccos is Cephes' acosf
 (Moshier 1989: arcsin's degree-5 polynomial on |x| ≤ ½, the half-angle reduction beyond), within 1.25 ulp of the
 exact value on [−1, 1] in float32, so the kernel needs nothing beyond Triton's core language, and the CPU test
-suite runs the same source through Triton's interpreter (``interpret=True``). Correlations within 4 ulps of ±1
+suite runs the same source through Triton's interpreter (``triton_support.INTERPRET``). Correlations within 4 ulps of ±1
 snap to ±1 as in ``dual.correlation``; pairs within ``NEAR_PARALLEL`` of ±1 at a rectified layer (off a
 diagonal tile's diagonal) are counted, so that the engine refines them in float64 only when there are any.
-Values agree with the eager engine to float32 rounding (the compiler fuses multiply-adds), not bitwise.
+Values agree with the eager engine to float32 rounding (the compiler fuses multiply-adds), not bitwise. Diagonal
+tiles of a symmetric kernel come out exactly symmetric (one triangle of the Gram is read), and tiles are written
+straight into the engine's outputs.
 """
 
 from __future__ import annotations
@@ -38,9 +40,8 @@ __all__ = ["program", "TritonSteps", "usable", "TILE_COST"]
 # Tile-sized tensors alive per tile: the Gram tile (kept: a tile whose variances leave float32's normal range is
 # recomputed from it by torch's rules), the NNGP and the NTK.
 TILE_COST = 3
-# Operation codes of the program table; each row is (code, six parameters).
+# Operation codes of the program table; each row is (code, six parameters): 7 numbers, as the kernel reads them.
 _DENSE, _RECTIFIED = 0.0, 1.0
-_ROW = 7
 # Blocks of 8 × 128 entries on 4 warps: 128 contiguous columns make full 512-byte rows for each load and store,
 # and 8 entries per thread keep the kernel at 96 registers (compiled for sm_90 here: 32 × 128 took 255 and spilled,
 # 16 × 128 took 168), so that five blocks share an SM and hide the memory latency.
@@ -64,7 +65,7 @@ def program(layers, width: int) -> torch.Tensor | None:
     for layer in layers:
         if type(layer) is Identity:
             continue
-        if isinstance(layer, Dense):
+        if isinstance(layer, Dense) and type(layer).kernel_rule is Dense.kernel_rule:  # not a subclass's own rule
             w2, b2 = layer.w_std ** 2, layer.b_std ** 2
             if layer.parameterization == "ntk":
                 rows.append((_DENSE, w2, b2, 1.0, 0.0, 0.0, 0.0))
