@@ -83,8 +83,9 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     differentiable = carries_derivatives(x1) or carries_derivatives(x2)
     # CUDA, float32, Dense and the ReLU family, nothing to differentiate: one hand-written Triton pass per tile,
     # compiled in about a second (kernels/triton_flat.py); torch.compile's tens of seconds are never waited for.
-    table = None if fused is False or differentiable else triton_flat.program(layers, n0)
-    gpu_pass = table is not None and triton_flat.usable(x1.device, x1.dtype)
+    use_triton = fused is not False and not differentiable and triton_flat.usable(x1.device, x1.dtype)
+    table = triton_flat.program(layers, n0) if use_triton else None
+    gpu_pass = table is not None
     auto = fused is None and arch.fusable and n1 * n2 >= FUSE_MIN_ENTRIES and not gpu_pass
     kind = x1.device.type
     spent_before = arch._eager_seconds.get(key, 0.0)
