@@ -16,9 +16,10 @@ def _recording_activation(seen):
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(monkeypatch):
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
+    monkeypatch.setattr(_threads.ThreadTuner, "_recent", {})  # no comparison from other tests' loops
     yield
     torch.set_num_threads(previous)
 
@@ -111,6 +112,36 @@ def test_thread_tuner_keeps_the_faster_count_and_rechecks(two_threads, monkeypat
     assert used[130:193] == [1] * 63 and used[193:] == [2] * 7  # 2 threads became faster after tile 130: the
     # recheck at 193 times them afresh and keeps them
     assert not _threads.ThreadTuner("cuda", tiles=1000).active and not _threads.ThreadTuner("cpu", tiles=3).active
+
+
+def test_a_loop_soon_after_one_thread_won_starts_on_one_thread(two_threads, monkeypatch):
+    """On an oversubscribed machine each loop's exploratory tiles on two threads cost more than the rest: a loop
+    within RECENT_SECONDS of a comparison that one thread won runs on one thread, times two threads only at the
+    RECHECK cadence, and a comparison renews (or overturns) the hint; an older hint is ignored."""
+    clock = [1000.0]
+    monkeypatch.setattr(_threads.time, "perf_counter", lambda: clock[0])
+
+    def loop(tiles, cost):
+        tuner, used = _threads.ThreadTuner("cpu", tiles=tiles), []
+        for _ in range(tiles):
+            tuner.start()
+            used.append(torch.get_num_threads())
+            clock[0] += cost[torch.get_num_threads()]
+            tuner.stop(entries=1)
+        torch.set_num_threads(2)  # as intra_op_threads restores the user's count after each call
+        return used
+
+    busy, idle = {2: 1.0, 1: 0.1}, {2: 0.05, 1: 0.1}  # seconds per tile
+    assert loop(10, busy)[:5] == [2, 2, 2, 1, 1]  # no hint: explores both; one thread wins
+    clock[0] += 1.0
+    assert loop(10, busy) == [1] * 10  # within RECENT_SECONDS of that comparison: one thread throughout
+    used = loop(70, idle)
+    assert used[:65] == [1] * 65 and used[65] == 2  # two threads timed at the RECHECK cadence, and win
+    assert used[66:] == [2] * 4 and _threads.ThreadTuner._recent[2][0] == 2
+    assert loop(10, busy)[:5] == [2, 2, 2, 1, 1]  # the hint now says two threads: a full exploration
+    clock[0] += _threads.ThreadTuner.RECENT_SECONDS + 1
+    _threads.ThreadTuner._recent[2] = (1, clock[0] - _threads.ThreadTuner.RECENT_SECONDS - 1)
+    assert loop(10, busy)[:5] == [2, 2, 2, 1, 1]  # an old hint is ignored
 
 
 def test_thread_tuner_keeps_the_users_count_on_a_near_tie(two_threads, monkeypatch):
