@@ -182,13 +182,13 @@ def test_failure_warns_and_falls_back_for_the_process(interpreted, monkeypatch):
 
 
 def test_int64_offsets_past_two_to_the_31(interpreted, monkeypatch):
-    assert not triton_flat.wide_offsets(8192, 8192, 8192, 50_000)  # the planned GPU tiles of N = 50,000
-    assert triton_flat.wide_offsets(50_000, 50_000, 50_000)        # batch_size=50,000: one 10 GB tile
-    assert triton_flat.wide_offsets(2, 2 ** 31, 2 ** 31)
+    assert not triton_support.wide_offsets(8192, 8192, 8192, 50_000)  # the planned GPU tiles of N = 50,000
+    assert triton_support.wide_offsets(50_000, 50_000, 50_000)        # batch_size=50,000: one 10 GB tile
+    assert triton_support.wide_offsets(2, 2 ** 31, 2 ** 31)
     x = torch.randn(20, 4)
     arch = ARCHS["relu"]
     got = arch.kernel(x, batch_size=8)
-    monkeypatch.setattr(triton_flat, "wide_offsets", lambda *args: True)
+    monkeypatch.setattr(triton_support, "wide_offsets", lambda *args: True)
     assert torch.equal(arch.kernel(x, batch_size=8).ntk, got.ntk)  # the int64 variant: the same values
 
 

@@ -8,17 +8,17 @@ and NTK once.
 
 What. The layers are encoded as a small table of operations (``program``), interpreted per tile by one kernel:
 
-    Dense:       c ← w² c + b²,    Θ ← w² Θ + A c_new + B c_old + C   (A = 1, B = C = 0 in NTK parameterisation;
-                                                                      A = 0, B = fan-in, C = 1 in the standard one)
-    rectified:   ρ = c / (√q1 √q2),  θ = arccos ρ,  K̇ = (a² + b²)/2 − (a − b)²/(2π) θ,
-                 c ← √q1 √q2 (ρ K̇ + (a − b)²/(2π) sin θ),   Θ ← Θ K̇     (Cho & Saul 2009; ``dual.rectified``)
+    Dense:      c ← w² c + b²,   Θ ← w² Θ + A c_new + B c_old + C   (A = 1, B = C = 0 in NTK parameterisation;
+                                                                  A = 0, B = fan-in, C = 1 in the standard one)
+    rectified:  ρ = c / (√q1 √q2),  θ = arccos ρ,  K̇ = (a² + b²)/2 − (a − b)²/(2π) θ,
+                c ← √q1 √q2 (ρ K̇ + (a − b)²/(2π) sin θ),  Θ ← Θ K̇   (Cho & Saul 2009; ``dual.rectified``)
 
 with the rows' and columns' variances q carried alongside by the same rules at ρ = 1. ``Identity`` is skipped (its
 rule changes nothing); any other layer keeps the architecture on the torch engines. arccos is Cephes' acosf
 (Moshier 1989: arcsin's degree-5 polynomial on |x| ≤ ½, the half-angle reduction beyond), within 1.25 ulp of the
 exact value on [−1, 1] in float32, so the kernel needs nothing beyond Triton's core language, and the CPU test
-suite runs the same source through Triton's interpreter (``triton_support.INTERPRET``). Correlations within 4 ulps of ±1
-snap to ±1 as in ``dual.correlation``; pairs within ``NEAR_PARALLEL`` of ±1 at a rectified layer (off a
+suite runs the same source through Triton's interpreter (``triton_support.INTERPRET``). Correlations within 4 ulps
+of ±1 snap to ±1 as in ``dual.correlation``; pairs within ``NEAR_PARALLEL`` of ±1 at a rectified layer (off a
 diagonal tile's diagonal) are counted, so that the engine refines them in float64 only when there are any.
 Values agree with the eager engine to float32 rounding (the compiler fuses multiply-adds), not bitwise. Diagonal
 tiles of a symmetric kernel come out exactly symmetric (one triangle of the Gram is read), and tiles are written
@@ -120,16 +120,10 @@ class TritonSteps:
             gram, nngp, ntk, var1.reshape(-1).contiguous(), var2.reshape(-1).contiguous(), final1, final2,
             self.table, self._counters, t1, t2, gram.stride(0), nngp.stride(0), int(diagonal),
             N_OPS=self.table.shape[0], NEED_NTK=self.need_ntk, COUNT=self.count, SNAP=_SNAP, NEAR=1.0 - NEAR_PARALLEL,
-            TINY=SUBNORMAL_SCALE, WIDE=wide_offsets(t1, t2, gram.stride(0), nngp.stride(0)), BLOCK_M=_BLOCK_M,
-            BLOCK_N=_BLOCK_N, num_warps=_WARPS)
+            TINY=SUBNORMAL_SCALE, WIDE=triton_support.wide_offsets(t1, t2, gram.stride(0), nngp.stride(0)),
+            BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS)
         self.near_parallel, self.subnormal = (int(v) for v in self._counters.tolist())
         return nngp, (ntk if self.need_ntk else None), final1[:, None], final2[None, :]
-
-
-def wide_offsets(t1: int, t2: int, *row_strides: int) -> bool:
-    """Whether a tile's element offsets from its base can pass 2³¹ − 1, so the kernel must index in int64 (a
-    user's ``batch_size`` of 50,000 writes into a 50,000-wide output: offsets up to 2.5·10⁹)."""
-    return max((t1 - 1) * stride + t2 for stride in row_strides) >= 2 ** 31
 
 
 def _destination(out: torch.Tensor | None, gram: torch.Tensor) -> torch.Tensor:
@@ -164,7 +158,8 @@ def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr,
     inside = row_in[:, None] & col_in[None, :]
     if diagonal != 0:  # the upper triangle on both sides: a symmetric Gram (a GEMM's need not be, bitwise)
         upper = rows[:, None] <= cols[None, :]
-        offsets = tl.where(upper, rows[:, None] * gram_stride + cols[None, :], cols[None, :] * gram_stride + rows[:, None])
+        offsets = tl.where(upper, rows[:, None] * gram_stride + cols[None, :],
+                           cols[None, :] * gram_stride + rows[:, None])
     else:
         offsets = rows[:, None] * gram_stride + cols[None, :]
     c = tl.load(gram_ptr + offsets, mask=inside, other=0.0)
@@ -190,7 +185,7 @@ def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr,
             small += tl.sum(((q2 > 0.0) & (q2 < TINY) & col_in).to(tl.int32), axis=0)
             r1 = tl.sqrt_rn(q1)
             r2 = tl.sqrt_rn(q2)
-            norm = r1[:, None] * r2[None, :]  # √q1·√q2 as dual.correlation forms it: the same for (x, x') and (x', x)
+            norm = r1[:, None] * r2[None, :]  # √q1·√q2 as dual.correlation forms it: the same for (x, x'), (x', x)
             # a zero variance has c = 0 (Cauchy–Schwarz), and ρ = 0 there (dual.correlation)
             rho = tl.div_rn(c, tl.where(norm > 0.0, norm, 1.0))
             rho = tl.minimum(tl.maximum(rho, -1.0), 1.0)

@@ -14,6 +14,8 @@ dtype's rounding (the compiler fuses each step into one multiply-add); float32 a
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import triton_support
@@ -39,7 +41,6 @@ def horner(first: torch.Tensor, second: torch.Tensor, r: torch.Tensor) -> torch.
     try:
         return _launch(first, second, r)
     except Exception as err:  # a GPU or Triton build the kernel fails on: torch's loop from now on
-        import warnings
         triton_support.disable(err)
         warnings.warn(f"ntkit: the Triton series kernel failed ({type(err).__name__}: {err}); falling back to "
                       "eager torch", RuntimeWarning, stacklevel=4)
@@ -58,8 +59,8 @@ def _launch(first: torch.Tensor, second: torch.Tensor, r: torch.Tensor) -> torch
     out = torch.empty_like(r)
     grid = (triton.cdiv(t1, _BLOCK_M), triton.cdiv(t2, _BLOCK_N))
     triton_support.build(_horner_tile)[grid](
-        r, rows, cols, out, t1, t2, WIDE=(t1 - 1) * t2 + t2 >= 2 ** 31, N_TERMS=padded, BLOCK_M=_BLOCK_M,
-        BLOCK_N=_BLOCK_N, num_warps=_WARPS)
+        r, rows, cols, out, t1, t2, WIDE=triton_support.wide_offsets(t1, t2, t2), N_TERMS=padded,
+        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS)
     return out
 
 

@@ -16,7 +16,7 @@ try:
 except ImportError:  # pragma: no cover - exercised where Triton is absent
     triton = tl = None
 
-__all__ = ["triton", "tl", "INTERPRET", "usable", "disable", "disabled", "build"]
+__all__ = ["triton", "tl", "INTERPRET", "usable", "disable", "disabled", "build", "wide_offsets"]
 
 # Run the kernels in Triton's CPU interpreter, on tensors of any device (the tests).
 INTERPRET = False
@@ -55,3 +55,9 @@ def build(fn):
         else:
             _BUILT[key] = triton.jit(fn)
     return _BUILT[key]
+
+
+def wide_offsets(t1: int, t2: int, *row_strides: int) -> bool:
+    """Whether a (t1, t2) tile's element offsets from its base can pass 2³¹ − 1, so a kernel must index in int64 (a
+    user's ``batch_size`` of 50,000 writes into a 50,000-wide output: offsets up to 2.5·10⁹)."""
+    return max((t1 - 1) * stride + t2 for stride in row_strides) >= 2 ** 31
