@@ -77,3 +77,39 @@ def test_inputs_with_derivatives_are_not_overwritten():
     k.sum().backward()
     assert torch.isfinite(x.grad).all()
     torch.testing.assert_close(k.detach(), arch.kernel(x.detach(), batch_size=8).ntk, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("slopes", [(1.0, 0.0), (1.0, -1.0)])
+def test_diagonal_tile_self_pairs_skip_the_snaps_with_the_same_values(slopes):
+    """A symmetric kernel's diagonal tile (``self_pairs``): every self-correlation snaps to exactly 1, and the snap
+    and near-parallel passes are skipped unless another pair needs them. Values and reported masks as without."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 5, generator=g)
+    q = (x * x).sum(1) / 5
+    for copy in (False, True):
+        if copy:
+            x[7] = x[3] * (1 + 1e-7)  # a near-duplicate: reported with or without self_pairs
+            q = (x * x).sum(1) / 5
+        gram = x @ x.T / 5
+        gram.diagonal().copy_(q)
+        results = []
+        for self_pairs in (False, True):
+            masks = []
+            k, kdot = dual.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(),
+                                           near_parallel=masks, self_pairs=self_pairs)
+            results.append((k, kdot, masks))
+        (k, kdot, masks), (k_, kdot_, masks_) = results
+        assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
+        assert len(masks) == 1  # without self_pairs the diagonal alone makes a mask
+        if copy:
+            assert len(masks_) == 1 and torch.equal(masks_[0], masks[0]) and masks_[0][3, 7]
+        else:
+            assert masks_ == []
+    # A diagonal entry that does not snap (a zero variance: ρ = 0) takes the full path, same values.
+    x[5] = 0.0
+    q = (x * x).sum(1) / 5
+    gram = x @ x.T / 5
+    gram.diagonal().copy_(q)
+    plain = dual.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch())
+    paired = dual.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(), self_pairs=True)
+    assert torch.equal(plain[0], paired[0]) and torch.equal(plain[1], paired[1])

@@ -17,9 +17,15 @@ RELU_COST = max(layer.tile_cost for layer in nk.mlp(3, 8).flatten())
 
 
 def test_cpu_tiles_stay_near_the_caches():
-    plan = plan_flat(RELU_COST, 4000, 4000, 4, DeviceInfo("cpu", 16 * GIB), fuse=False)
+    cpu = DeviceInfo("cpu", 16 * GIB)
+    plan = plan_flat(RELU_COST, 4000, 4000, 4, cpu, fuse=False)
     assert 64 <= plan.tile <= 1024 and plan.working <= 1 << 20
-    assert plan_flat(RELU_COST, 4000, 4000, 4, DeviceInfo("cpu", 16 * GIB), fuse=True).tile == 512
+    assert plan_flat(RELU_COST, 4000, 4000, 4, cpu, fuse=True).tile == 512
+    # More threads split every pass of a tile: larger tiles amortise the barriers, 2²¹ more numbers per thread,
+    # up to tiles of 1024².
+    two = plan_flat(RELU_COST, 4000, 4000, 4, cpu, fuse=False, threads=2)
+    assert two.tile > plan.tile and two.working <= 3 << 20 and two.working > 2 << 20
+    assert plan_flat(RELU_COST, 4000, 4000, 4, cpu, fuse=False, threads=64).tile == 1024
 
 
 def test_gpu_tiles_are_few_and_large():

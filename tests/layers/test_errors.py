@@ -219,3 +219,15 @@ def test_overflow_is_refused_not_returned_as_nan(activation):
         huge.kernel(X, X[:2], get="nngp")
     large = nk.mlp(3, 16, activation=activation, w_std=1e3)
     assert torch.isfinite(large.kernel(X.double()).ntk).all()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_overflow_in_one_tile_is_refused(symmetric):
+    """CPU tiles are checked finite one by one (kernels/evaluate.py): one point whose kernel leaves float32's range,
+    in a tile of its own, off the diagonal (and in the mirrored half of a symmetric kernel), is still refused."""
+    x = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    x[33] = 1e17  # |x|²/n0 = 1e34; four Dense layers of w_std = 10 and three ReLUs: ~1e41 > 3.4e38
+    arch = nk.mlp(3, 16, activation="relu", w_std=10.0)
+    assert torch.isfinite(arch.kernel(x[:30], batch_size=8).ntk).all()
+    with pytest.raises(FloatingPointError, match="overflowed"):
+        arch.kernel(x, None if symmetric else x[:20], batch_size=8)

@@ -185,7 +185,8 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
 
 
 def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True,
-                    scratch=None, avoid_sync: bool | None = None, near_parallel: list | None = None):
+                    scratch=None, avoid_sync: bool | None = None, near_parallel: list | None = None,
+                    self_pairs: bool = False):
     """``rectified`` on a flat tile, overwriting ``c`` with K: bitwise the same values as ``rectified`` (the same
     IEEE operations in the same order, no fused multiply-adds), in three scratch buffers instead of ~20 fresh
     tile-sized allocations. The eager flat engine runs it where nothing needs derivatives: on a CPU, memory traffic
@@ -196,7 +197,12 @@ def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, deriv
     make the host wait for the device. The values are the same either way.
 
     ``near_parallel``: a list to which, when the same reduction shows a correlation within ``NEAR_PARALLEL`` of ±1
-    (CPU only), the mask of such entries is appended: there float32 cannot resolve θ (kernels.near_parallel)."""
+    (CPU only), the mask of such entries is appended: there float32 cannot resolve θ (kernels.near_parallel).
+
+    ``self_pairs``: entry (i, i) pairs a point with itself (a symmetric kernel's diagonal tile). Its ρ is within a
+    few ulps of 1 and snaps to exactly 1; when every diagonal entry does, the reduction is taken over the other
+    entries, so a tile without other near-parallel pairs skips the snaps and reports no mask (a point with itself
+    is never recomputed: ``NearParallelRefiner.refine``). Same values."""
     from .scratch import empty
 
     if avoid_sync is None:
@@ -215,7 +221,15 @@ def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, deriv
     # correlation()'s clamp to [-1, 1] and snap to ±1 within 4 ulps, entry for entry, in one read of the tile
     # when nothing needs either (off-diagonal tiles without duplicates or negated points, the common case).
     edge = 1.0 - 4.0 * finfo.eps
-    low, high = (-1.0, 1.0) if avoid_sync else (float(v) for v in torch.aminmax(rho))
+    if avoid_sync:
+        low, high = -1.0, 1.0
+    elif self_pairs and bool(rho.diagonal().min() > edge):  # the snap would set each one to 1: do it, then test
+        diagonal = rho.diagonal()                             # the others (0 there stays inside both thresholds)
+        diagonal.zero_()
+        low, high = (float(v) for v in torch.aminmax(rho))
+        diagonal.fill_(1.0)
+    else:
+        low, high = (float(v) for v in torch.aminmax(rho))
     if near_parallel is not None and not avoid_sync and (high > 1.0 - NEAR_PARALLEL or low < NEAR_PARALLEL - 1.0):
         near_parallel.append(rho.abs() > 1.0 - NEAR_PARALLEL)  # rare: duplicates, and a diagonal tile's diagonal
     if avoid_sync or high > edge:  # float(): NaN compares False, as bool(tensor > edge) did

@@ -34,12 +34,15 @@ def run_layers(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=Non
     return state.nngp, state.ntk
 
 
-def final_state(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=None, near_parallel=None):
+def final_state(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=None, near_parallel=None,
+                self_pairs: bool = False):
     """The layer rules on one tile, their last state (with the rows' and columns' final variances). With a
     ``scratch`` pool they may overwrite ``gram`` (``KernelState.in_place``); rules append masks of pairs float32
-    cannot resolve to ``near_parallel`` (``KernelState.near_parallel``)."""
+    cannot resolve to ``near_parallel`` (``KernelState.near_parallel``); ``self_pairs``: a symmetric kernel's
+    diagonal tile (``KernelState.self_pairs``)."""
     state = KernelState(nngp=gram, ntk=0.0 if need_ntk else None, var1=var1, var2=var2, width=width,
-                        gaussian=False, scratch=scratch, in_place=scratch is not None, near_parallel=near_parallel)
+                        gaussian=False, scratch=scratch, in_place=scratch is not None, near_parallel=near_parallel,
+                        self_pairs=self_pairs)
     for layer in layers:
         state = layer.kernel_rule(state, need_ntk)
     return state
@@ -48,9 +51,9 @@ def final_state(layers, need_ntk: bool, width: int, gram, var1, var2, scratch=No
 def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
     """The per-tile function: eager, or compiled once per (architecture, get, width) and cached on it."""
 
-    def eager(gram, var1, var2, scratch=None, near_parallel=None):
+    def eager(gram, var1, var2, scratch=None, near_parallel=None, self_pairs=False):
         """(NNGP, NTK, final variances of the rows (t1, 1) and of the columns (1, t2))."""
-        state = final_state(layers, need_ntk, width, gram, var1, var2, scratch, near_parallel)
+        state = final_state(layers, need_ntk, width, gram, var1, var2, scratch, near_parallel, self_pairs)
         return state.nngp, state.ntk, state.var1, state.var2
 
     if not fuse:
@@ -98,7 +101,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     costs = [layer.tile_cost if scratch is None or layer.in_place_tile_cost is None else layer.in_place_tile_cost
              for layer in layers]
     cost = triton_flat.TILE_COST if gpu_pass else max(costs)
-    plan = plan_flat(cost, n1, n2, x1.element_size(), device_info(x1.device), fuse or gpu_pass, batch_size)
+    plan = plan_flat(cost, n1, n2, x1.element_size(), device_info(x1.device), fuse or gpu_pass, batch_size,
+                     threads=torch.get_num_threads())
     tile = plan.tile
     step = _step_function(arch, layers, need_ntk, n0, fuse)
     check_fits((len(get) * n1 * n2 + plan.working) * x1.element_size(), x1.device,
@@ -126,6 +130,9 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
         if gpu_pass:
             gpu_step = triton_flat.TritonSteps(table, need_ntk, x1.device, count_near_parallel=refiner is not None)
         unsymmetric = []  # diagonal tiles whose two halves were computed separately (see _symmetrize_diagonal_tiles)
+        # On a CPU each tile is checked finite while it is in cache (one pass over the outputs in memory cost
+        # ~3% at N = 4,000); a GPU checks the outputs once at the end rather than wait for a reduction per tile.
+        tiles_finite = True if kind == "cpu" else None
         for i, j in bar:
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True
@@ -155,7 +162,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                 elif fuse:
                     nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols])
                 else:
-                    nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols], scratch, masks)
+                    nngp, ntk, final1, final2 = step(gram, sq1[rows, None], sq2[None, cols], scratch, masks,
+                                                     symmetric and i == j)
             except Exception as err:  # no compiler here, an unsupported backend or GPU
                 if gpu_pass:  # eager torch for this tile and the rest; not tried again in this process
                     triton_support.disable(err)
@@ -179,6 +187,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
                                (final1, final2), buffer)
                 if buffer is not None:
                     scratch.give(buffer)
+            if tiles_finite:
+                tiles_finite = _finite(nngp if out_nngp is not None else None, ntk if need_ntk else None)
             for out, value in ((out_nngp, nngp), (out_ntk, ntk)):
                 if out is None:
                     continue
@@ -193,11 +203,13 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
         if refiner is not None:  # the recomputed pairs' points with themselves: float64 too
             refiner.refine_diagonal(out_nngp, out_ntk)
+            if tiles_finite and refiner.refined:
+                tiles_finite = _finite(*(out.diagonal() for out in (out_nngp, out_ntk) if out is not None))
     if auto and not fuse:
         arch._eager_seconds[key] = spent_before + time.perf_counter() - started
-    _symmetrize_diagonal_tiles(out_nngp, out_ntk, unsymmetric)
+    _symmetrize_diagonal_tiles(out_nngp, out_ntk, unsymmetric)  # moves entries: no new values
     for name, out in (("NNGP", out_nngp), ("NTK", out_ntk)):
-        _check_no_overflow(out, name, arch)
+        _check_no_overflow(out, name, arch, known_finite=bool(tiles_finite))
     return Kernel(nngp=out_nngp, ntk=out_ntk)
 
 
@@ -214,19 +226,25 @@ def evaluate_diagonal(arch, x: torch.Tensor, *, get: tuple[str, ...]) -> Kernel:
     return Kernel(nngp=out.get("nngp"), ntk=out.get("ntk"))
 
 
-def _check_no_overflow(out: torch.Tensor | None, name: str, arch) -> None:
+def _finite(*tensors) -> bool:
+    """Whether every entry of these tensors (None and Python numbers skipped) is finite: min and max are finite
+    exactly when every entry is (NaN propagates through both), one fused reduction each."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.numel():
+            low, high = torch.aminmax(t)
+            if not bool(torch.isfinite(low) & torch.isfinite(high)):
+                return False
+    return True
+
+
+def _check_no_overflow(out: torch.Tensor | None, name: str, arch, known_finite: bool = False) -> None:
     """Refuse a kernel that left the dtype's range instead of returning inf or NaN.
 
     The inputs are checked finite before any work, so a non-finite entry comes from overflow (the kernels grow like
     w_std^(2L) and with |x|²/n0, and inf − inf or 0·inf then turns into NaN further down the recursion) or from an
     activation that returns NaN at a finite pre-activation (``nk.Activation(torch.sqrt)``): the latter is looked
     for first, on this failure path only, and named."""
-    if out is None or out.numel() == 0:
-        return
-    # min and max are finite exactly when every entry is (NaN propagates through both): one fused reduction,
-    # ~30x cheaper than materialising isfinite's N1×N2 mask.
-    low, high = torch.aminmax(out)
-    if bool(torch.isfinite(low) & torch.isfinite(high)):
+    if known_finite or out is None or _finite(out):  # ~30x cheaper than materialising isfinite's N1×N2 mask
         return
     count = int((~torch.isfinite(out)).sum())
     culprit = _activation_returning_nan(arch, out.dtype, out.device)

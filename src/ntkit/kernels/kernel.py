@@ -57,6 +57,8 @@ class KernelState:
         derivatives are taken) and take buffers from ``scratch``; rules that do must give bitwise the same values
     near_parallel: the flat engine's float32 CPU tiles: a list to which rules whose duals float32 cannot resolve
         near ρ = ±1 append masks of such entries, recomputed in float64 (:mod:`ntkit.kernels.near_parallel`)
+    self_pairs: the flat engine's tiles: entry (i, i) pairs a point with itself (a symmetric kernel's diagonal
+        tile), so its correlation is 1 up to rounding
     """
 
     nngp: Tensor
@@ -75,6 +77,7 @@ class KernelState:
     self1: object = None
     self2: object = None
     near_parallel: list | None = None
+    self_pairs: bool = False
 
     def replace(self, **changes) -> "KernelState":
         return replace(self, **changes)

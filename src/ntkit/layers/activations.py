@@ -189,7 +189,7 @@ class _Rectified(_ClosedForm):
             return super().kernel_rule(state, need_ntk)
         # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual.rectified_tile_).
         k, kdot = duals.rectified_tile_(state.nngp, state.var1, state.var2, *self.slopes, need_ntk, state.scratch,
-                                        near_parallel=state.near_parallel)
+                                        near_parallel=state.near_parallel, self_pairs=state.self_pairs)
         ntk = state.ntk.mul_(kdot) if need_ntk else None
         if need_ntk and state.scratch is not None:
             state.scratch.give(kdot)
