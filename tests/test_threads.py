@@ -59,6 +59,31 @@ def test_the_setting_is_restored_after_a_tuned_call_that_chose_one_thread(two_th
     assert torch.get_num_threads() == 2
 
 
+def test_compiled_tiles_keep_the_users_count(two_threads, monkeypatch):
+    """torch.compile specialises its code to the thread count, so a tuner switching compiled tiles to one thread
+    compiled them again (seconds each): compiled tiles stay on the user's count, even when one thread is faster."""
+    from ntkit.kernels import evaluate
+
+    monkeypatch.setattr(_threads.ThreadTuner, "best", property(lambda self: 1))
+    monkeypatch.setattr(_threads, "SMALL_WORK", 0)
+    seen = []
+
+    def recording_compile(fn, **kw):
+        def step(*args):
+            seen.append(torch.get_num_threads())
+            return fn(*args)
+        return step
+
+    monkeypatch.setattr(evaluate.torch, "compile", recording_compile)
+    nk.mlp(2, 8, b_std=0.1).kernel(torch.randn(80, 3), fused=True, batch_size=8)  # 55 tiles
+    assert len(seen) == 55 and set(seen) == {2} and torch.get_num_threads() == 2
+    tuner = _threads.ThreadTuner("cpu", tiles=100)
+    tuner.start()
+    torch.set_num_threads(1)  # as the tuner would
+    tuner.freeze()
+    assert not tuner.active and torch.get_num_threads() == 2
+
+
 def test_the_setting_is_restored_when_the_call_fails(two_threads):
     def broken(u):
         raise RuntimeError("σ failed")

@@ -61,9 +61,27 @@ def _step_function(arch, layers, need_ntk: bool, width: int, fuse: bool):
     key = (need_ntk, width)
     compiled = arch._fused_steps.get(key)
     if not compiled:  # never compiled, or failed before (fused=True asks again)
-        compiled = torch.compile(eager, dynamic=True, fullgraph=True)
+        compiled = _one_graph_for_all_tile_shapes(torch.compile(eager, dynamic=True, fullgraph=True))
         arch._fused_steps[key] = compiled
     return compiled
+
+
+def _one_graph_for_all_tile_shapes(compiled):
+    """``compiled`` traced without duck sizing: by default a first square tile makes the graph assume t1 == t2,
+    and the first edge tile compiles it again (two compiles of ~2.5 s each on a CPU instead of one). The setting is
+    torch's private configuration, set only while the compiled function runs (and left alone if it is gone)."""
+    try:
+        from torch.fx.experimental import _config
+        _config.use_duck_shape  # noqa: B018 (the setting exists in this torch)
+        patch = _config.patch
+    except (ImportError, AttributeError):
+        return compiled
+
+    def step(*args):
+        with patch(use_duck_shape=False):
+            return compiled(*args)
+
+    return step
 
 
 def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tuple[str, ...],
@@ -137,6 +155,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
             if auto and not fuse and compile_pays(spent_before + time.perf_counter() - started, kind):
                 fuse = True
                 step = _step_function(arch, layers, need_ntk, n0, True)
+            if fuse:
+                tuner.freeze()  # compiled code is specialised to the thread count: no switching
             tuner.start()
             rows, cols = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
             if scratch is None or fuse:
