@@ -150,7 +150,27 @@ class _ArcCosine(torch.autograd.Function):
         return (*grads, None, None)
 
 
-def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True, scratch=None):
+def _extremes(rho: Tensor, self_pairs: bool, edge: float) -> tuple[float, float]:
+    """(min, max) of ``rho``, read back (CPU). With ``self_pairs`` (``KernelState.self_pairs``: viewed as
+    (B, P, P), ``rho`` pairs a position of a point with itself on the diagonal of its last two axes) and every such
+    entry above ``edge``, those entries are set to 1, which the snap would have given them, and read as 0, inside
+    both snap thresholds: then only other entries can call for a snap or a near-parallel mask. A diagonal tile (one
+    self-pair per row) or a point with itself (a 1024×1024 diagonal in a 32×32 image's state) no longer triggers
+    the masked passes over the whole state by itself. Same values either way."""
+    if self_pairs and rho.is_contiguous() and rho.ndim >= 2:
+        positions = math.isqrt(rho.numel() // (1 if rho.ndim == 2 else rho.shape[0] * rho.shape[1]))
+        diagonal = rho.view(-1, positions, positions).diagonal(dim1=1, dim2=2)
+        if positions and bool(diagonal.min() > edge):  # NaN compares False: the plain path
+            diagonal.zero_()
+            low, high = torch.aminmax(rho)
+            diagonal.fill_(1.0)
+            return float(low), float(high)
+    low, high = torch.aminmax(rho)
+    return float(low), float(high)
+
+
+def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True, scratch=None,
+               self_pairs: bool = False):
     """``rectified`` for large spatial states, overwriting ``c`` and returning it as K: a dozen in-place passes and
     two buffers from the engine's ``scratch`` pool (:mod:`ntkit.kernels.scratch`) instead of twice as many
     allocating passes (memory traffic, not arithmetic, is the cost of a 10⁶-entry covariance).
@@ -158,7 +178,9 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
     Correlations within 4 ulps of ±1 are snapped to ±1: two summation orders of the same covariance differ in the
     last bits, and arccos turns that into √ε at ρ = 1 (1e-4 relative in float32), so a position paired with itself
     would not get the exact K(x, x)[p, p] it has at ρ = 1. (Scaling every ρ by 1 + 4ε would snap for free, but
-    biases every entry by 4ε: measured 1e-6 relative error on Myrtle-5 in float32 instead of 1e-7.)"""
+    biases every entry by 4ε: measured 1e-6 relative error on Myrtle-5 in float32 instead of 1e-7.)
+
+    ``self_pairs``: a full-form state whose every pair is a point with itself (see ``_extremes``)."""
     from .scratch import empty
 
     tiny = smallest_subnormal(c.dtype)
@@ -168,7 +190,7 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
     # On a CPU one reduction says which snaps any entry needs: a pair of different images usually has none, a point
     # with itself only the one at +1 (Myrtle-5, one pair: the four compare-and-fill passes were 19 ms of 61). A
     # GPU runs both rather than wait for the reduction. Same values either way.
-    low, high = (-1.0, 1.0) if rho.device.type != "cpu" else (float(v) for v in torch.aminmax(rho))
+    low, high = (-1.0, 1.0) if rho.device.type != "cpu" else _extremes(rho, self_pairs, edge)
     if high > edge:
         rho.masked_fill_(rho > edge, 1.0)
     if low < -edge:
@@ -199,10 +221,9 @@ def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, deriv
     ``near_parallel``: a list to which, when the same reduction shows a correlation within ``NEAR_PARALLEL`` of ±1
     (CPU only), the mask of such entries is appended: there float32 cannot resolve θ (kernels.near_parallel).
 
-    ``self_pairs``: entry (i, i) pairs a point with itself (a symmetric kernel's diagonal tile). Its ρ is within a
-    few ulps of 1 and snaps to exactly 1; when every diagonal entry does, the reduction is taken over the other
-    entries, so a tile without other near-parallel pairs skips the snaps and reports no mask (a point with itself
-    is never recomputed: ``NearParallelRefiner.refine``). Same values."""
+    ``self_pairs``: entry (i, i) pairs a point with itself (a symmetric kernel's diagonal tile), so a tile without
+    other near-parallel pairs skips the snaps and reports no mask (``_extremes``; a point with itself is never
+    recomputed: ``NearParallelRefiner.refine``). Same values."""
     from .scratch import empty
 
     if avoid_sync is None:
@@ -221,15 +242,7 @@ def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, deriv
     # correlation()'s clamp to [-1, 1] and snap to ±1 within 4 ulps, entry for entry, in one read of the tile
     # when nothing needs either (off-diagonal tiles without duplicates or negated points, the common case).
     edge = 1.0 - 4.0 * finfo.eps
-    if avoid_sync:
-        low, high = -1.0, 1.0
-    elif self_pairs and bool(rho.diagonal().min() > edge):  # the snap would set each one to 1: do it, then test
-        diagonal = rho.diagonal()                             # the others (0 there stays inside both thresholds)
-        diagonal.zero_()
-        low, high = (float(v) for v in torch.aminmax(rho))
-        diagonal.fill_(1.0)
-    else:
-        low, high = (float(v) for v in torch.aminmax(rho))
+    low, high = (-1.0, 1.0) if avoid_sync else _extremes(rho, self_pairs, edge)
     if near_parallel is not None and not avoid_sync and (high > 1.0 - NEAR_PARALLEL or low < NEAR_PARALLEL - 1.0):
         near_parallel.append(rho.abs() > 1.0 - NEAR_PARALLEL)  # rare: duplicates, and a diagonal tile's diagonal
     if avoid_sync or high > edge:  # float(): NaN compares False, as bool(tensor > edge) did

@@ -73,12 +73,14 @@ class ReplayTape:
 
 
 def _initial_state(x1: torch.Tensor, x2: torch.Tensor, aligned: bool, need_ntk: bool, tape,
-                   scratch: Scratch) -> KernelState:
+                   scratch: Scratch, self_pairs: bool | None = None) -> KernelState:
     """The state before the first layer: the inputs themselves (their covariance is formed by the first layer's
-    ``apply_layer``, or never, when a first Conv reads its patches directly)."""
+    ``apply_layer``, or never, when a first Conv reads its patches directly). ``self_pairs`` (default: the aligned
+    self pass): every pair is a point with itself (``KernelState.self_pairs``)."""
     return KernelState(nngp=None, ntk=0.0 if need_ntk else None, var1=None, var2=None, width=x1.shape[1],
                        gaussian=False, form="full", spatial=tuple(x1.shape[2:]), tape=tape,
-                       inputs=(x1, x2, aligned), scratch=scratch)
+                       inputs=(x1, x2, aligned), scratch=scratch,
+                       self_pairs=aligned if self_pairs is None else self_pairs)
 
 
 def _run(layers, forms, state: KernelState, need_ntk: bool) -> KernelState:
@@ -130,10 +132,15 @@ class _Grid:
         return [(slice(i, min(i + rows, n1)), slice(j, min(j + cols, n2))) for i in range(0, n1, rows)
                 for j in range(0, n2, cols) if not self.symmetric or j + cols > i]
 
+    def _one_self_pair(self, rows: slice, cols: slice) -> bool:
+        """Whether the tile is one point with itself (its full-form states then have ρ ≈ 1 at p = p')."""
+        return self.symmetric and rows == cols and rows.stop - rows.start == 1
+
     def _prefix(self, rows: slice, cols: slice) -> tuple[KernelState, int]:
         tape = ReplayTape(self.records1, self.records2, rows, cols)
         split = self.plan.split
-        state = _initial_state(self.x1[rows], self.x2[cols], False, self.need_ntk, tape, self.scratch)
+        state = _initial_state(self.x1[rows], self.x2[cols], False, self.need_ntk, tape, self.scratch,
+                               self_pairs=self._one_self_pair(rows, cols))
         self.tuner.start()
         state = _run(self.layers[:split], self.plan.forms[:split], state, self.need_ntk)
         self.tuner.stop((rows.stop - rows.start) * (cols.stop - cols.start))
@@ -176,7 +183,8 @@ class _Grid:
             if isinstance(ntk, torch.Tensor):
                 ntk[local] = _mirror(ntk[source], template.form, dims)
         tape = ReplayTape(self.records1, self.records2, rows, cols, step=steps)
-        state = template.replace(nngp=nngp, ntk=ntk, tape=tape, owned=True)
+        state = template.replace(nngp=nngp, ntk=ntk, tape=tape, owned=True,
+                                 self_pairs=self._one_self_pair(rows, cols))
         split = plan.split
         self._write(rows, cols, _run(self.layers[split:], plan.forms[split:], state, self.need_ntk))
 

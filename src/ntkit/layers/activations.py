@@ -135,13 +135,15 @@ class Activation(Layer):
                              var1=self.variance(state.var1), var2=self.variance(state.var2), gaussian=False)
 
     def dual_inplace(self, c: torch.Tensor, q1: torch.Tensor, q2: torch.Tensor, derivative: bool = True,
-                     scratch=None):
-        """``dual`` that may overwrite ``c`` and take buffers from the engine's ``scratch`` pool; same values."""
+                     scratch=None, self_pairs: bool = False):
+        """``dual`` that may overwrite ``c`` and take buffers from the engine's ``scratch`` pool; same values.
+        ``self_pairs``: ``c`` is a full-form state whose every pair is a point with itself (a hint)."""
         return self.dual(c, q1, q2, derivative)
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
         # The spatial engine's tape supplies the variances before every layer, so none are propagated here.
-        k, kdot = self.dual_inplace(state.nngp, state.var1, state.var2, need_ntk, state.scratch)
+        k, kdot = self.dual_inplace(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
+                                    self_pairs=state.self_pairs and state.form == "full")
         ntk = state.ntk.mul_(kdot) if need_ntk else None
         if state.scratch is not None:
             state.scratch.give(kdot)
@@ -181,8 +183,8 @@ class _Rectified(_ClosedForm):
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, *self.slopes, derivative)
 
-    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None):
-        return duals.rectified_(c, q1, q2, *self.slopes, derivative, scratch)
+    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None, self_pairs=False):
+        return duals.rectified_(c, q1, q2, *self.slopes, derivative, scratch, self_pairs)
 
     def kernel_rule(self, state, need_ntk):
         if not state.in_place:
