@@ -2,7 +2,7 @@
 
 The CPU suite runs ntkit's Triton kernels (``kernels/triton_flat.py``, ``kernels/triton_series.py``) through
 Triton's interpreter and compiles them for sm_90 without a GPU; this runs the compiled kernels themselves, on every
-architecture family they cover (NTK and standard parameterisation, ReLU, LeakyReLU, Abs, Identity, the quadrature
+architecture family they cover (NTK and standard parameterisation, ReLU, LeakyReLU, Abs, Identity, erf, the quadrature
 activations' series, near-duplicate points, symmetric and not), and reports per case the largest error relative to
 the kernel's scale, how many tiles the flat kernel computed, and the first call's seconds.
 
@@ -29,7 +29,10 @@ ARCHS = {
     "identity": nk.mlp(2, 1, activation="identity", b_std=0.2),
     "mixed": nk.Serial(nk.Dense(8, b_std=0.1), nk.ReLU(), nk.Dense(8, w_std=1.2), nk.Abs(), nk.Dense(8),
                        nk.Identity(), nk.Dense(1, b_std=0.3)),
-    "erf (torch engines)": nk.mlp(2, 1, activation="erf", b_std=0.1),
+    "erf": nk.mlp(2, 1, activation="erf", b_std=0.1),
+    "erf-standard-wide": nk.mlp(3, 64, activation="erf", w_std=2.5, b_std=0.0, parameterization="standard"),
+    "erf-relu": nk.Serial(nk.Dense(8, b_std=0.1), nk.Erf(), nk.Dense(8), nk.ReLU(), nk.Dense(1)),
+    "gelu (torch engines)": nk.mlp(2, 1, activation="gelu", b_std=0.1),
     "tanh (Triton series)": nk.mlp(3, 1, activation="tanh", b_std=0.1),
     "softplus (Triton series)": nk.mlp(2, 1, activation="softplus", b_std=0.1),
 }

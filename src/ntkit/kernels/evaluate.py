@@ -102,8 +102,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     # large grids reach the device's compile cost, then the compiled pass from that tile on.
     key = (need_ntk, n0)
     differentiable = carries_derivatives(x1) or carries_derivatives(x2)
-    # CUDA, float32, Dense and the ReLU family, nothing to differentiate: one hand-written Triton pass per tile,
-    # compiled in about a second (kernels/triton_flat.py); torch.compile's tens of seconds are never waited for.
+    # CUDA, float32, Dense, the ReLU family and erf, nothing to differentiate: one hand-written Triton pass per
+    # tile, compiled in about a second (kernels/triton_flat.py); torch.compile's tens of seconds are never waited for.
     use_triton = fused is not False and not differentiable and triton_flat.usable(x1.device, x1.dtype)
     table = triton_flat.program(layers, n0) if use_triton else None
     gpu_pass = table is not None

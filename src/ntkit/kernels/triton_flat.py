@@ -12,11 +12,14 @@ What. The layers are encoded as a small table of operations (``program``), inter
                                                                   A = 0, B = fan-in, C = 1 in the standard one)
     rectified:  ρ = c / (√q1 √q2),  θ = arccos ρ,  K̇ = (a² + b²)/2 − (a − b)²/(2π) θ,
                 c ← √q1 √q2 (ρ K̇ + (a − b)²/(2π) sin θ),  Θ ← Θ K̇   (Cho & Saul 2009; ``dual.rectified``)
+    erf:        D = √((1 + 2q1)(1 + 2q2) − 4c²),  c ← (2/π) arctan(2c / D),  Θ ← Θ (4/π) / D
+                (Williams 1997; D formed as ``dual.erf`` forms it, without q² intermediates)
 
 with the rows' and columns' variances q carried alongside by the same rules at ρ = 1. ``Identity`` is skipped (its
 rule changes nothing); any other layer keeps the architecture on the torch engines. arccos is Cephes' acosf
 (Moshier 1989: arcsin's degree-5 polynomial on |x| ≤ ½, the half-angle reduction beyond), within 1.25 ulp of the
-exact value on [−1, 1] in float32, so the kernel needs nothing beyond Triton's core language, and the CPU test
+exact value on [−1, 1] in float32, and arctan Cephes' atanf (a degree-4 polynomial in x² after reducing |x| below
+tan(π/8)), so the kernel needs nothing beyond Triton's core language, and the CPU test
 suite runs the same source through Triton's interpreter (``triton_support.INTERPRET``). Correlations within 4 ulps
 of ±1 snap to ±1 as in ``dual.correlation``; pairs within ``NEAR_PARALLEL`` of ±1 at a rectified layer (off a
 diagonal tile's diagonal) are counted, so that the engine refines them in float64 only when there are any.
@@ -41,10 +44,11 @@ __all__ = ["program", "TritonSteps", "usable", "TILE_COST"]
 # recomputed from it by torch's rules), the NNGP and the NTK.
 TILE_COST = 3
 # Operation codes of the program table; each row is (code, six parameters): 7 numbers, as the kernel reads them.
-_DENSE, _RECTIFIED = 0.0, 1.0
+_DENSE, _RECTIFIED, _ERF = 0.0, 1.0, 2.0
 # Blocks of 8 × 128 entries on 4 warps: 128 contiguous columns make full 512-byte rows for each load and store,
-# and 8 entries per thread keep the kernel at 96 registers (compiled for sm_90 here: 32 × 128 took 255 and spilled,
-# 16 × 128 took 168), so that five blocks share an SM and hide the memory latency.
+# and 8 entries per thread keep the kernel at 95 registers (compiled for sm_90 here: 32 × 128 took 255 and spilled,
+# 16 × 128 took 168), so that five blocks share an SM and hide the memory latency (123 and four blocks in the
+# variant with erf's branch, ``HAS_ERF``).
 _BLOCK_M, _BLOCK_N, _WARPS = 8, 128, 4
 
 
@@ -58,7 +62,7 @@ def program(layers, width: int) -> torch.Tensor | None:
     """The layers as a (n, 7) float64 table of operations, or None when a layer has no Triton rule.
 
     ``width``: the input's features (the first Dense's fan-in, used by the standard parameterisation)."""
-    from ..layers.activations import Identity, _Rectified  # here: ntkit.layers imports this package
+    from ..layers.activations import Activation, Erf, Identity, _Rectified  # here: ntkit.layers imports this
     from ..layers.dense import Dense
 
     rows = []
@@ -75,6 +79,9 @@ def program(layers, width: int) -> torch.Tensor | None:
         elif isinstance(layer, _Rectified) and type(layer).kernel_rule is _Rectified.kernel_rule:
             a, b = layer.slopes
             rows.append((_RECTIFIED, (a - b) ** 2 / (2.0 * math.pi), (a * a + b * b) / 2.0, 0.0, 0.0, 0.0, 0.0))
+        elif (isinstance(layer, Erf) and type(layer).kernel_rule is Activation.kernel_rule
+              and type(layer).dual is Erf.dual):
+            rows.append((_ERF, 2.0 / math.pi, 4.0 / math.pi, 0.0, 0.0, 0.0, 0.0))
         else:
             return None
     if not rows:
@@ -99,6 +106,9 @@ class TritonSteps:
 
     def __init__(self, table: torch.Tensor, need_ntk: bool, device: torch.device, count_near_parallel: bool):
         self.table = table.to(device=device, dtype=torch.float32).contiguous()
+        # erf's branch is compiled only into the variant that runs it: it takes 123 registers per thread where the
+        # ReLU family's take 95 (sm_90; tests/kernels/test_triton_compile.py), four blocks per SM instead of five
+        self.has_erf = bool((table[:, 0] == _ERF).any())
         self.need_ntk = need_ntk
         self.count = count_near_parallel
         self.near_parallel = self.subnormal = 0
@@ -119,7 +129,8 @@ class TritonSteps:
         triton_support.build(_flat_recursion)[grid](
             gram, nngp, ntk, var1.reshape(-1).contiguous(), var2.reshape(-1).contiguous(), final1, final2,
             self.table, self._counters, t1, t2, gram.stride(0), nngp.stride(0), int(diagonal),
-            N_OPS=self.table.shape[0], NEED_NTK=self.need_ntk, COUNT=self.count, SNAP=_SNAP, NEAR=1.0 - NEAR_PARALLEL,
+            N_OPS=self.table.shape[0], NEED_NTK=self.need_ntk, COUNT=self.count, HAS_ERF=self.has_erf, SNAP=_SNAP,
+            NEAR=1.0 - NEAR_PARALLEL,
             TINY=SUBNORMAL_SCALE, WIDE=triton_support.wide_offsets(t1, t2, gram.stride(0), nngp.stride(0)),
             BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, num_warps=_WARPS)
         self.near_parallel, self.subnormal = (int(v) for v in self._counters.tolist())
@@ -140,9 +151,29 @@ _SNAP = 1.0 - 4.0 * torch.finfo(torch.float32).eps  # ρ beyond 4 ulps of ±1 is
 SUBNORMAL_SCALE = torch.finfo(torch.float32).tiny / torch.finfo(torch.float32).eps
 
 
+def _arctan_rule(t):
+    """arctan t (Cephes atanf, Moshier 1989): |t| is reduced below tan(π/8) by π/2 − arctan(1/|t|) beyond
+    tan(3π/8) and by π/4 + arctan((|t| − 1)/(|t| + 1)) between, then a degree-4 polynomial in t²."""
+    size = tl.abs(t)
+    big = size > 2.414213562373095
+    mid = size > 0.4142135623730950
+    reduced = tl.where(big, -tl.div_rn(1.0, tl.where(big, size, 1.0)),
+                       tl.where(mid, tl.div_rn(size - 1.0, size + 1.0), size))
+    z = reduced * reduced
+    arctan = ((((8.05374449538e-2 * z - 1.38776856032e-1) * z + 1.99777106478e-1) * z - 3.33329491539e-1)
+              * z * reduced + reduced + tl.where(big, 1.57079632679490, tl.where(mid, 0.785398163397448, 0.0)))
+    return tl.where(t < 0.0, -arctan, arctan)
+
+
+# A device function of the kernel below (jitted as Triton's own library functions are: interpretable when Triton
+# was imported with TRITON_INTERPRET=1).
+_arctan = None if triton is None else triton.jit(_arctan_rule)
+
+
 def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr, final2_ptr, table_ptr,
                     counter_ptr, t1, t2, gram_stride, out_stride, diagonal,
-                    N_OPS: tl.constexpr, NEED_NTK: tl.constexpr, COUNT: tl.constexpr, SNAP: tl.constexpr,
+                    N_OPS: tl.constexpr, NEED_NTK: tl.constexpr, COUNT: tl.constexpr, HAS_ERF: tl.constexpr,
+                    SNAP: tl.constexpr,
                     NEAR: tl.constexpr, TINY: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) block of a tile: the program table applied to its Gram entries (module docstring)."""
@@ -180,7 +211,7 @@ def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr,
             c = c_new
             q1 = p1 * q1 + p2
             q2 = p1 * q2 + p2
-        else:  # rectified: p1 = (a − b)²/(2π), p2 = (a² + b²)/2
+        elif code == 1.0:  # rectified: p1 = (a − b)²/(2π), p2 = (a² + b²)/2
             small += ((q1 > 0.0) & (q1 < TINY) & row_in).to(tl.int32)
             small += tl.sum(((q2 > 0.0) & (q2 < TINY) & col_in).to(tl.int32), axis=0)
             r1 = tl.sqrt_rn(q1)
@@ -213,6 +244,33 @@ def _flat_recursion(gram_ptr, nngp_ptr, ntk_ptr, var1_ptr, var2_ptr, final1_ptr,
                 ntk = ntk * kdot
             q1 = p2 * (r1 * r1)  # what c becomes at ρ = 1, in the same order: a point's ρ with itself stays 1
             q2 = p2 * (r2 * r2)
+        elif HAS_ERF:  # erf: p1 = 2/π, p2 = 4/π. c is clamped to b = √q1·√q2 (snapped within 4 ulps, dual._bounded),
+            # D = √m · √((1 + 2(q1 + q2))/m + 4(b − |c|)/m · (b + |c|)) with m = max(1, b) (dual._scaled_root).
+            small += ((q1 > 0.0) & (q1 < TINY) & row_in).to(tl.int32)  # b would flush to 0 on a GPU
+            small += tl.sum(((q2 > 0.0) & (q2 < TINY) & col_in).to(tl.int32), axis=0)
+            r1 = tl.sqrt_rn(q1)
+            r2 = tl.sqrt_rn(q2)
+            bound = r1[:, None] * r2[None, :]
+            c = tl.where(tl.abs(c) > bound * SNAP, tl.where(c < 0.0, -bound, bound),
+                         tl.minimum(tl.maximum(c, -bound), bound))
+            size = tl.abs(c)
+            m = tl.maximum(bound, 1.0)
+            d = tl.sqrt_rn(m) * tl.sqrt_rn(tl.div_rn(1.0 + 2.0 * (q1[:, None] + q2[None, :]), m)
+                                           + tl.div_rn(4.0 * (bound - size), m) * (bound + size))
+            if NEED_NTK:
+                ntk = ntk * tl.div_rn(p2, d)
+            c = p1 * _arctan(tl.div_rn(2.0 * c, d))
+            # the rows' and columns' variances: the same rule at c = q (c snaps to b = √q·√q, so b − |c| = 0)
+            b1 = r1 * r1
+            b2 = r2 * r2
+            m1 = tl.maximum(b1, 1.0)
+            m2 = tl.maximum(b2, 1.0)
+            d1 = tl.sqrt_rn(m1) * tl.sqrt_rn(tl.div_rn(1.0 + 2.0 * (q1 + q1), m1) + tl.div_rn(4.0 * (b1 - b1), m1)
+                                             * (b1 + b1))
+            d2 = tl.sqrt_rn(m2) * tl.sqrt_rn(tl.div_rn(1.0 + 2.0 * (q2 + q2), m2) + tl.div_rn(4.0 * (b2 - b2), m2)
+                                             * (b2 + b2))
+            q1 = p1 * _arctan(tl.div_rn(2.0 * b1, d1))
+            q2 = p1 * _arctan(tl.div_rn(2.0 * b2, d2))
     destination = rows[:, None] * out_stride + cols[None, :]
     tl.store(nngp_ptr + destination, c, mask=inside)
     if NEED_NTK:
