@@ -1,7 +1,8 @@
 """Infinite-width kernel speed: ``arch.kernel`` against a plain eager-torch recursion, side by side, on any device.
 
-Workload (issues 2 and 11): 3-hidden-layer ReLU MLP (w_std = 1, b_std = 0.1), d = 64, float32, NNGP and NTK of x
-with itself, N = 1,000 and 4,000 (and 20,000 with ``--sizes``). The competitor is the same recursion written as one
+Workload (issues 2 and 11): 3-hidden-layer ReLU MLP (``--activation erf``: erf) (w_std = 1, b_std = 0.1), d = 64,
+float32, NNGP and NTK of x with itself, N = 1,000 and 4,000 (and 20,000 with ``--sizes``). The competitor is the
+same recursion written as one
 would in eager torch: one Gram product, then full-grid elementwise operations per layer. Per N: the eager
 competitor, ntkit's default (what a user gets: on a CUDA device the hand-written Triton pass of
 ``kernels/triton_flat.py``, elsewhere eager tiles planned for the device until compiling pays), its tiled eager
@@ -13,7 +14,8 @@ pass, and the compiled pass (``fused=True``) once warm, each checked against the
 * peak memory of N = 20,000 with tiling (CPU), measured in a fresh subprocess (peak RSS above the baseline).
 
     .venv/bin/python benchmarks/analytic_kernel.py [--repeats 5] [--device cpu|cuda] [--sizes 1000 4000]
-                                                   [--skip-large] [--skip-first-call] [--skip-fused]
+                                                   [--activation relu|erf] [--skip-large] [--skip-first-call]
+                                                   [--skip-fused]
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from ntkit.kernels import triton_flat
 from _timing import device_description, median_time
 
 
-def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0, b_std: float = 0.1):
+def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0, b_std: float = 0.1,
+                    activation: str = "relu"):
     """The recursion in plain eager torch on the full N×N grid (what a user would write first)."""
     n0 = x.shape[1]
     gram = x @ x.T / n0
@@ -41,6 +44,16 @@ def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0,
     w2, b2 = w_std ** 2, b_std ** 2
     nngp, q = w2 * gram + b2, w2 * q + b2
     ntk = nngp
+    if activation == "erf":  # Williams 1997
+        for _ in range(hidden_layers):
+            grow = 1 + 2 * q
+            root = torch.sqrt(grow[:, None] * grow[None, :] - 4 * nngp ** 2)
+            k = (2 / math.pi) * torch.atan2(2 * nngp, root)
+            kdot = (4 / math.pi) / root
+            q = (2 / math.pi) * torch.atan2(2 * q, torch.sqrt(1 + 4 * q))
+            nngp, q = w2 * k + b2, w2 * q + b2
+            ntk = nngp + w2 * ntk * kdot
+        return nngp, ntk
     for _ in range(hidden_layers):
         norm = torch.sqrt(q[:, None] * q[None, :])
         rho = (nngp / norm).clamp(-1, 1)
@@ -53,14 +66,14 @@ def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0,
     return nngp, ntk
 
 
-def first_calls(n: int, device: str, fused: bool = True) -> dict:
+def first_calls(n: int, device: str, fused: bool = True, activation: str = "relu") -> dict:
     """In fresh processes: seconds of the first default call at N = n, and of the first fused (compiled) call."""
     out = {}
     for name, option in (("default", "None"), ("fused", "True"))[:2 if fused else 1]:
         code = f"""
 import json, time, torch, ntkit as nk
 x = torch.randn({n}, 64, generator=torch.Generator().manual_seed(0)).to("{device}")
-arch = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)
+arch = nk.mlp(3, 512, activation="{activation}", w_std=1.0, b_std=0.1)
 if "{device}" == "cuda":
     torch.cuda.synchronize()
 t = time.perf_counter(); arch.kernel(x, fused={option})
@@ -98,6 +111,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--activation", choices=["relu", "erf"], default="relu")
     parser.add_argument("--skip-large", action="store_true", help="skip the N = 20,000 memory probe (CPU)")
     parser.add_argument("--skip-first-call", action="store_true", help="skip the fresh-process first calls")
     parser.add_argument("--skip-fused", action="store_true",
@@ -105,18 +119,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
-    arch = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)
-    print(json.dumps(dict(torch=torch.__version__, device=device_description(device), dtype="float32")))
+    arch = nk.mlp(3, 512, activation=args.activation, w_std=1.0, b_std=0.1)
+    print(json.dumps(dict(torch=torch.__version__, device=device_description(device), dtype="float32",
+                          activation=args.activation)))
 
     rows = []
     for n in args.sizes:
         x = torch.randn(n, 64).to(device)
         try:  # the full-grid competitor holds ~10 N×N temporaries: past the device's memory at large N
-            ref_ntk = eager_reference(x)[1]
+            ref_ntk = eager_reference(x, activation=args.activation)[1]
         except torch.OutOfMemoryError:
             ref_ntk = None
         rel = default_rel = eager_t = fused_t = math.nan
-        fresh = nk.mlp(3, 512, activation="relu", w_std=1.0, b_std=0.1)  # no eager seconds spent yet
+        fresh = nk.mlp(3, 512, activation=args.activation, w_std=1.0, b_std=0.1)  # no eager seconds spent yet
         if ref_ntk is not None:
             off = ~torch.eye(n, dtype=torch.bool, device=device)
             for option, name in ((False, "tiled"), (None, "default")):  # the default: the Triton pass on CUDA
@@ -124,7 +139,7 @@ def main() -> None:
                 diff = ((k.ntk - ref_ntk)[off].abs().max() / ref_ntk.abs().max()).item()
                 rel, default_rel = (diff, default_rel) if name == "tiled" else (rel, diff)
             del ref_ntk, k, off
-            eager_t, _ = median_time(lambda: eager_reference(x), args.repeats, device)
+            eager_t, _ = median_time(lambda: eager_reference(x, activation=args.activation), args.repeats, device)
         else:
             print(json.dumps(dict(n=n, eager="out of device memory")), flush=True)
         default_t, _ = median_time(lambda: fresh.kernel(x), args.repeats, device)
@@ -148,7 +163,7 @@ def main() -> None:
               f"{r['default_max_offdiag_rel_diff']:.1e} |")
 
     if not args.skip_first_call:
-        first = first_calls(4000, args.device, fused=not args.skip_fused)
+        first = first_calls(4000, args.device, fused=not args.skip_fused, activation=args.activation)
         print(json.dumps(dict(first_call_n4000=first)))
         print(f"\nFirst call at N = 4,000 in a fresh process: default {first['default']:.2f} s" +
               (f", fused=True {first['fused']:.1f} s (torch.compile's cost on this device)" if "fused" in first

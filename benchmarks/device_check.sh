@@ -5,7 +5,7 @@
 #     bash benchmarks/device_check.sh            (the device tool's run, timeout_s about 480)
 #
 # Each step has its own time limit, so one slow step cannot eat the others; the logs go to $OUT (the device tool
-# brings them back) or to ./device-logs. About 6 minutes in all, leaving room in the session's 15 device-minutes
+# brings them back) or to ./device-logs. About 7 minutes in all, leaving room in the session's 15 device-minutes
 # for the machine's start and one rerun. Paste the tables into docs/benchmarks.md's GPU columns.
 set -u
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -31,6 +31,9 @@ step gpu_correctness 60 python3 benchmarks/gpu_correctness.py --device cuda
 step analytic 150 python3 benchmarks/analytic_kernel.py --device cuda --sizes 4000 20000 --repeats 5
 step analytic_50k 60 python3 benchmarks/analytic_kernel.py --device cuda --sizes 50000 --repeats 3 \
     --skip-fused --skip-first-call
+# The erf MLP, whose default on CUDA is the Triton kernel's erf variant.
+step analytic_erf 60 python3 benchmarks/analytic_kernel.py --device cuda --activation erf --sizes 4000 20000 \
+    --repeats 5 --skip-fused --skip-first-call
 # Empirical NTK against the tutorial: MLPs (goal >= 10x at N >= 1,024), the tutorial CNN and ResNet-18 (>= 3x).
 step empirical 150 python3 benchmarks/empirical_ntk.py --device cuda --large --skip-slow --repeats 5 \
     --competitor-repeats 3

@@ -40,6 +40,21 @@ def test_rectified_tile_equals_rectified_bitwise(dtype, slopes):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_erf_tile_equals_erf_bitwise(dtype):
+    """Zero and tiny variances, |c| beyond √q1·√q2 (clamped), within 4 ulps of it (snapped), and the tile without
+    any of these (the CPU path that touches no entry)."""
+    c, q1, q2 = _grid(dtype)
+    q1, q2 = q1 * 1e3, q2 * 1e3  # large variances too: D's scaled root
+    c = c * 1e3
+    for grid in ((c, q1, q2), (0.3 * c, q1 + 0.1, q2 + 0.1)):
+        k, kdot = dual.erf(*grid)
+        k_, kdot_ = dual.erf_tile_(grid[0].clone(), *grid[1:], scratch=Scratch())
+        assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
+        k_only, none = dual.erf_tile_(grid[0].clone(), *grid[1:], derivative=False)
+        assert none is None and torch.equal(k, k_only)
+
+
 def _out_of_place(monkeypatch):
     monkeypatch.setattr(evaluate, "carries_derivatives", lambda q: True)  # what inputs with derivatives get
 

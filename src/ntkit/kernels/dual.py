@@ -308,6 +308,40 @@ def erf(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     return k, (4.0 / math.pi) / d
 
 
+def erf_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratch=None):
+    """``erf`` on a flat tile, overwriting ``c`` with K: bitwise the same values (the same IEEE operations in the
+    same order: products and sums only commuted, ``(4/π)/D`` as torch evaluates it, 1/D·(4/π)), in five scratch
+    buffers instead of ~25 fresh tile-sized allocations. On a CPU the clamp and snap of ``_bounded`` touch only the
+    entries that snap (elsewhere they run on the whole tile). For the flat engine's eager tiles, where nothing needs
+    derivatives."""
+    from .scratch import empty
+
+    root1, root2 = _root(q1), _root(q2)
+    bound = torch.mul(root1, root2, out=empty(scratch, c.shape, c))
+    size = torch.abs(c, out=empty(scratch, c.shape, c))
+    work = torch.mul(bound, 1.0 - 4.0 * torch.finfo(c.dtype).eps, out=empty(scratch, c.shape, c))
+    snap = size > work
+    if c.device.type != "cpu":  # reading the snapped entries back would make the host wait
+        c.copy_(torch.where(snap, torch.copysign(bound, c), torch.maximum(torch.minimum(c, bound), -bound)))
+        torch.abs(c, out=size)
+    elif bool(snap.any()):  # a diagonal tile's self-pairs, duplicates: few entries
+        # Entries not snapped have |c| <= b(1 − 4ε) <= b, which the clamp leaves as they are (NaN too).
+        snapped = snap.nonzero(as_tuple=True)
+        c[snapped] = torch.copysign(bound[snapped], c[snapped])
+        size[snapped] = c[snapped].abs()
+    del snap
+    slack = torch.sub(bound, size, out=work).mul_(4.0)  # 4(b − |c|)
+    m = torch.clamp(bound, min=1.0, out=empty(scratch, c.shape, c))
+    base = torch.add(q1, q2, out=empty(scratch, c.shape, c)).mul_(2.0).add_(1.0)  # 1 + 2(q1 + q2)
+    base.div_(m).add_(slack.div_(m).mul_(size.add_(bound))).sqrt_()  # √(base/m + (slack/m)(b + |c|))
+    d = m.sqrt_().mul_(base)  # D = √m · √(...)
+    k = c.mul_(2.0).atan2_(d).mul_(2.0 / math.pi)  # K in c's storage, as the engine's in-place rules return it
+    kdot = d.reciprocal_().mul_(4.0 / math.pi) if derivative else None
+    if scratch is not None:
+        scratch.give(bound, size, work, base, None if derivative else d)
+    return k, kdot
+
+
 def gelu(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True):
     r"""σ(u) = u Φ(u), the exact (erf) GELU. With P = (1 + q1)(1 + q2) and S = P - c² (> 0):
 

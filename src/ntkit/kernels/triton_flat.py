@@ -62,7 +62,7 @@ def program(layers, width: int) -> torch.Tensor | None:
     """The layers as a (n, 7) float64 table of operations, or None when a layer has no Triton rule.
 
     ``width``: the input's features (the first Dense's fan-in, used by the standard parameterisation)."""
-    from ..layers.activations import Activation, Erf, Identity, _Rectified  # here: ntkit.layers imports this
+    from ..layers.activations import Erf, Identity, _Rectified  # here: ntkit.layers imports this package
     from ..layers.dense import Dense
 
     rows = []
@@ -79,8 +79,7 @@ def program(layers, width: int) -> torch.Tensor | None:
         elif isinstance(layer, _Rectified) and type(layer).kernel_rule is _Rectified.kernel_rule:
             a, b = layer.slopes
             rows.append((_RECTIFIED, (a - b) ** 2 / (2.0 * math.pi), (a * a + b * b) / 2.0, 0.0, 0.0, 0.0, 0.0))
-        elif (isinstance(layer, Erf) and type(layer).kernel_rule is Activation.kernel_rule
-              and type(layer).dual is Erf.dual):
+        elif isinstance(layer, Erf) and type(layer).kernel_rule is Erf.kernel_rule and type(layer).dual is Erf.dual:
             rows.append((_ERF, 2.0 / math.pi, 4.0 / math.pi, 0.0, 0.0, 0.0, 0.0))
         else:
             return None

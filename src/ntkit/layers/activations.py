@@ -244,8 +244,21 @@ class Erf(_ClosedForm):
     def __init__(self):
         super().__init__(torch.erf, "erf")
 
+    in_place_tile_cost = 5  # b, |c|, 4(b − |c|), m (then D) and 1 + 2(q1 + q2) (kernels.dual.erf_tile_)
+
     def dual(self, c, q1, q2, derivative=True):
         return duals.erf(c, q1, q2, derivative)
+
+    def kernel_rule(self, state, need_ntk):
+        if not state.in_place or type(self).dual is not Erf.dual:  # a subclass's own dual runs as it is
+            return super().kernel_rule(state, need_ntk)
+        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual.erf_tile_).
+        k, kdot = duals.erf_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch)
+        ntk = state.ntk.mul_(kdot) if need_ntk else None
+        if need_ntk and state.scratch is not None:
+            state.scratch.give(kdot)
+        return state.replace(nngp=k, ntk=ntk, var1=self.variance(state.var1), var2=self.variance(state.var2),
+                             gaussian=False)
 
 
 class GELU(_ClosedForm):
