@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ntkit as nk
-from ntkit.kernels import dual, evaluate
+from ntkit.kernels import dual, dual_inplace, evaluate
 from ntkit.kernels.scratch import Scratch
 
 
@@ -25,18 +25,18 @@ def test_rectified_tile_equals_rectified_bitwise(dtype, slopes):
     c, q1, q2 = _grid(dtype)
     k, kdot = dual.rectified(c, q1, q2, *slopes)
     scratch = Scratch()
-    k_, kdot_ = dual.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch)
+    k_, kdot_ = dual_inplace.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch)
     assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
-    k_only, none = dual.rectified_tile_(c.clone(), q1, q2, *slopes, derivative=False, scratch=scratch)
+    k_only, none = dual_inplace.rectified_tile_(c.clone(), q1, q2, *slopes, derivative=False, scratch=scratch)
     assert none is None and torch.equal(k, k_only)
     # The GPU branch (no reductions read back to the host) gives the same values.
-    k_gpu, kdot_gpu = dual.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch, avoid_sync=True)
+    k_gpu, kdot_gpu = dual_inplace.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch, avoid_sync=True)
     assert torch.equal(k, k_gpu) and torch.equal(kdot, kdot_gpu)
     # A tile with no zero variance and no correlation near ±1, where the CPU branch skips the clamp and the snap.
     c, q1, q2 = 0.3 * c, q1 + 0.1, q2 + 0.1
     expected = dual.rectified(c, q1, q2, *slopes)
     for avoid_sync in (False, True):
-        got = dual.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch, avoid_sync=avoid_sync)
+        got = dual_inplace.rectified_tile_(c.clone(), q1, q2, *slopes, scratch=scratch, avoid_sync=avoid_sync)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
@@ -49,9 +49,9 @@ def test_erf_tile_equals_erf_bitwise(dtype):
     c = c * 1e3
     for grid in ((c, q1, q2), (0.3 * c, q1 + 0.1, q2 + 0.1)):
         k, kdot = dual.erf(*grid)
-        k_, kdot_ = dual.erf_tile_(grid[0].clone(), *grid[1:], scratch=Scratch())
+        k_, kdot_ = dual_inplace.erf_tile_(grid[0].clone(), *grid[1:], scratch=Scratch())
         assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
-        k_only, none = dual.erf_tile_(grid[0].clone(), *grid[1:], derivative=False)
+        k_only, none = dual_inplace.erf_tile_(grid[0].clone(), *grid[1:], derivative=False)
         assert none is None and torch.equal(k, k_only)
 
 
@@ -110,7 +110,7 @@ def test_diagonal_tile_self_pairs_skip_the_snaps_with_the_same_values(slopes):
         results = []
         for self_pairs in (False, True):
             masks = []
-            k, kdot = dual.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(),
+            k, kdot = dual_inplace.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(),
                                            near_parallel=masks, self_pairs=self_pairs)
             results.append((k, kdot, masks))
         (k, kdot, masks), (k_, kdot_, masks_) = results
@@ -125,6 +125,7 @@ def test_diagonal_tile_self_pairs_skip_the_snaps_with_the_same_values(slopes):
     q = (x * x).sum(1) / 5
     gram = x @ x.T / 5
     gram.diagonal().copy_(q)
-    plain = dual.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch())
-    paired = dual.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(), self_pairs=True)
+    plain = dual_inplace.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch())
+    paired = dual_inplace.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(),
+                                          self_pairs=True)
     assert torch.equal(plain[0], paired[0]) and torch.equal(plain[1], paired[1])

@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ntkit as nk
-from ntkit.kernels import dual
+from ntkit.kernels import dual_inplace
 
 
 class _CountingMasks(TorchDispatchMode):
@@ -33,17 +33,17 @@ def _self_state(image):
 def test_a_point_with_itself_snaps_without_masked_passes(slopes):
     image = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
     cov, q1, q2 = _self_state(image)
-    plain = dual.rectified_(cov.clone(), q1, q2, *slopes)
+    plain = dual_inplace.rectified_(cov.clone(), q1, q2, *slopes)
     with _CountingMasks() as counter:
-        hinted = dual.rectified_(cov.clone(), q1, q2, *slopes, self_pairs=True)
+        hinted = dual_inplace.rectified_(cov.clone(), q1, q2, *slopes, self_pairs=True)
     assert counter.fills == 0  # the plain path snaps the 20 positions with themselves by one masked pass
     assert torch.equal(plain[0], hinted[0]) and torch.equal(plain[1], hinted[1])
     # Two positions with parallel channels: that pair still needs the snap, with the same values.
     image[:, 1, 1] = 2.0 * image[:, 0, 0]
     cov, q1, q2 = _self_state(image)
-    plain = dual.rectified_(cov.clone(), q1, q2, *slopes)
+    plain = dual_inplace.rectified_(cov.clone(), q1, q2, *slopes)
     with _CountingMasks() as counter:
-        hinted = dual.rectified_(cov.clone(), q1, q2, *slopes, self_pairs=True)
+        hinted = dual_inplace.rectified_(cov.clone(), q1, q2, *slopes, self_pairs=True)
     assert counter.fills >= 1
     assert torch.equal(plain[0], hinted[0]) and torch.equal(plain[1], hinted[1])
 

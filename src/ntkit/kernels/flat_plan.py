@@ -15,10 +15,12 @@ cost more than the launches saved).
 Compilation. ``torch.compile`` fuses a tile's recursion into one pass, but its first call costs seconds (5-26 s on
 a CPU, 29-47 s on an H200; issue 11), which a user's first kernel must not wait for. The default therefore follows
 the ski-rental rule: run eagerly, count the seconds spent eagerly on this architecture (per kernel kind and input
-width, in this process), and compile once they exceed what compiling costs on this device, then keep the compiled
-pass for every later call, whatever the shapes (``dynamic=True``). No workload pays more than twice what the best
-choice in hindsight would have cost, small and one-off workloads never compile, and a long one switches mid-call
-at a tile boundary. ``fused=True`` compiles at once; ``fused=False`` never compiles.
+width, in this process), and compile once they reach the break-even C/s, where C is what compiling costs on this
+device and s the share of eager time the compiled pass saves (compiling removes only part of the rent, so the
+classic threshold C would compile workloads that never earn C back), then keep the compiled pass for every later
+call, whatever the shapes (``dynamic=True``). No workload pays more than twice what the best choice in hindsight
+would have cost, small and one-off workloads never compile, and a long one switches mid-call at a tile boundary.
+``fused=True`` compiles at once; ``fused=False`` never compiles.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ CPU_FUSED_TILE = 512
 GPU_TILE_ENTRIES = 1 << 26
 # Grids smaller than this never compile by default: compiling costs seconds once and saves little on them.
 FUSE_MIN_ENTRIES = 1 << 22
-# What a first torch.compile of the recursion costs, by device kind, in seconds (measured: docs/benchmarks.md);
-# eager seconds beyond this on one architecture make compiling pay.
-COMPILE_SECONDS = {"cpu": 10.0, "cuda": 40.0}
+# Eager seconds on one architecture after which compiling pays, by device kind: C/s (module docstring), measured
+# (docs/benchmarks.md). CPU: C ≈ 5 s, s ≈ 0.2 at best (0.22 at N = 4,000, ~0 at N = 20,000 on 2 cores since the
+# eager tiles grew with the threads). CUDA: C = 29-47 s on an H200 with s unmeasured, so C alone (the flat closed
+# forms run the Triton pass there and never compile).
+COMPILE_SECONDS = {"cpu": 25.0, "cuda": 40.0}
 _DEFAULT_COMPILE_SECONDS = 40.0
 
 
@@ -75,5 +79,5 @@ def plan_flat(tile_cost: int, n1: int, n2: int, itemsize: int, info: DeviceInfo,
 
 
 def compile_pays(eager_seconds: float, device_kind: str) -> bool:
-    """The ski-rental rule: compile once the eager seconds spent reach what compiling costs on this device."""
+    """The ski-rental rule: compile once the eager seconds spent reach the device's break-even (``COMPILE_SECONDS``)."""
     return eager_seconds >= COMPILE_SECONDS.get(device_kind, _DEFAULT_COMPILE_SECONDS)

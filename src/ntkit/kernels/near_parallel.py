@@ -8,8 +8,8 @@ off by a large fraction of itself, and the float32 NTK by ~3e-4 of max|K| (float
 So the flat engine flags, per tile, the pairs whose correlation at the input of a rectified layer is within
 ``NEAR_PARALLEL`` (1e-4) of ±1, and recomputes exactly those pairs' recursion in float64 from the float32 inputs
 (which float64 holds exactly). Where the engine's eager CPU tiles run every rectified layer in place, those rules
-report the pairs from the reduction they already take (``dual.rectified_tile_``): no cost for tiles without such
-pairs. Elsewhere (compiled tiles, GPUs, rectified layers inside residual branches) the engine tests the final
+report the pairs from the reduction they already take (``dual_inplace.rectified_tile_``): no cost for tiles without
+such pairs. Elsewhere (compiled tiles, GPUs, rectified layers inside residual branches) the engine tests the final
 NNGP against the rows' and columns' final variances (three tile passes): ρ close to 1 stays close to 1 through
 every layer rule (Dense with a bias and the rectified duals only raise it), so this catches pairs that become
 parallel inside the network, as a zero row and a tiny row do once a bias is added; it misses pairs antiparallel at

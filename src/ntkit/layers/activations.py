@@ -23,6 +23,7 @@ from torch import nn
 
 from .._validation import check_positive_int
 from ..kernels import dual as duals
+from ..kernels import dual_inplace
 from ..kernels.kernel import KernelState
 from ..kernels.cache import memoized
 from ..kernels.quadrature import DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature, variance_by_quadrature
@@ -177,21 +178,22 @@ class _Rectified(_ClosedForm):
     """σ(u) = a·u for u > 0, b·u for u < 0, with ``slopes`` = (a, b): the arc-cosine family of ``dual.rectified``."""
 
     slopes: tuple[float, float] = (1.0, 0.0)
-    in_place_tile_cost = 3  # norm, K̇ and sin θ (kernels.dual.rectified_tile_)
+    in_place_tile_cost = 3  # norm, K̇ and sin θ (kernels.dual_inplace.rectified_tile_)
     kinked = True  # θ = arccos ρ: float32 cannot resolve it near ρ = ±1 (kernels.near_parallel)
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.rectified(c, q1, q2, *self.slopes, derivative)
 
     def dual_inplace(self, c, q1, q2, derivative=True, scratch=None, self_pairs=False):
-        return duals.rectified_(c, q1, q2, *self.slopes, derivative, scratch, self_pairs)
+        return dual_inplace.rectified_(c, q1, q2, *self.slopes, derivative, scratch, self_pairs)
 
     def kernel_rule(self, state, need_ntk):
         if not state.in_place:
             return super().kernel_rule(state, need_ntk)
-        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual.rectified_tile_).
-        k, kdot = duals.rectified_tile_(state.nngp, state.var1, state.var2, *self.slopes, need_ntk, state.scratch,
-                                        near_parallel=state.near_parallel, self_pairs=state.self_pairs)
+        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual_inplace).
+        k, kdot = dual_inplace.rectified_tile_(state.nngp, state.var1, state.var2, *self.slopes, need_ntk,
+                                               state.scratch, near_parallel=state.near_parallel,
+                                               self_pairs=state.self_pairs)
         ntk = state.ntk.mul_(kdot) if need_ntk else None
         if need_ntk and state.scratch is not None:
             state.scratch.give(kdot)
@@ -244,7 +246,7 @@ class Erf(_ClosedForm):
     def __init__(self):
         super().__init__(torch.erf, "erf")
 
-    in_place_tile_cost = 5  # b, |c|, 4(b − |c|), m (then D) and 1 + 2(q1 + q2) (kernels.dual.erf_tile_)
+    in_place_tile_cost = 5  # b, |c|, 4(b − |c|), m (then D) and 1 + 2(q1 + q2) (kernels.dual_inplace.erf_tile_)
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.erf(c, q1, q2, derivative)
@@ -252,8 +254,8 @@ class Erf(_ClosedForm):
     def kernel_rule(self, state, need_ntk):
         if not state.in_place or type(self).dual is not Erf.dual:  # a subclass's own dual runs as it is
             return super().kernel_rule(state, need_ntk)
-        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual.erf_tile_).
-        k, kdot = duals.erf_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch)
+        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual_inplace.erf_tile_).
+        k, kdot = dual_inplace.erf_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch)
         ntk = state.ntk.mul_(kdot) if need_ntk else None
         if need_ntk and state.scratch is not None:
             state.scratch.give(kdot)
