@@ -111,7 +111,7 @@ def test_diagonal_tile_self_pairs_skip_the_snaps_with_the_same_values(slopes):
         for self_pairs in (False, True):
             masks = []
             k, kdot = dual_inplace.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(),
-                                           near_parallel=masks, self_pairs=self_pairs)
+                                                   near_parallel=masks, self_pairs=self_pairs)
             results.append((k, kdot, masks))
         (k, kdot, masks), (k_, kdot_, masks_) = results
         assert torch.equal(k, k_) and torch.equal(kdot, kdot_)

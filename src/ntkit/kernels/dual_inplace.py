@@ -3,10 +3,12 @@
 On a CPU memory traffic, not arithmetic, is most of an eager tile's cost: each out-of-place op writes a fresh
 tile-sized buffer (and a fresh buffer page-faults). Where nothing is differentiated the engines mark their tiles
 ``in_place`` (``KernelState.in_place``) and lend a scratch pool (``kernels.scratch``); these rules then overwrite
-their input and reuse a few buffers. Each performs the same IEEE operations in the same order as its twin in
-``kernels.dual`` (only commuted products and sums), so the values are bitwise the same
-(``tests/kernels/test_flat_in_place.py``). On a CPU cheap reductions decide which of the rare passes (the clamp to
-[−1, 1], the snaps to ±1) a tile needs at all; other devices run them, rather than make the host wait.
+their input and reuse a few buffers. The flat tiles' rules (``rectified_tile_``, ``erf_tile_``) perform the same
+IEEE operations in the same order as their twins in ``kernels.dual`` (only commuted products and sums), so the
+values are bitwise the same (``tests/kernels/test_flat_in_place.py``); ``rectified_``, for the convolutional
+engine's states, agrees with ``dual.rectified`` to rounding (it fuses 1 − ρ² into one ``addcmul``). On a CPU cheap
+reductions decide which of the rare passes (the clamp to [−1, 1], the snaps to ±1) a tile needs at all; other
+devices run them, rather than make the host wait.
 """
 
 from __future__ import annotations

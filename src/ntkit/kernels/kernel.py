@@ -57,8 +57,10 @@ class KernelState:
         derivatives are taken) and take buffers from ``scratch``; rules that do must give bitwise the same values
     near_parallel: the flat engine's float32 CPU tiles: a list to which rules whose duals float32 cannot resolve
         near ρ = ±1 append masks of such entries, recomputed in float64 (:mod:`ntkit.kernels.near_parallel`)
-    self_pairs: the flat engine's tiles: entry (i, i) pairs a point with itself (a symmetric kernel's diagonal
-        tile), so its correlation is 1 up to rounding
+    self_pairs: ρ is 1 up to rounding on the diagonal of the state's last two axes viewed as (B, P, P): a pair of
+        a position with itself. The flat engine's diagonal tiles of a symmetric kernel (entries (i, i)); the
+        convolutional engine's states whose every pair is a point with itself (its self pass, a symmetric kernel's
+        (i, i) tiles), at p = p' of the full form
     """
 
     nngp: Tensor
