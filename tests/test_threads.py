@@ -169,6 +169,38 @@ def test_a_loop_soon_after_one_thread_won_starts_on_one_thread(two_threads, monk
     assert loop(10, busy)[:5] == [2, 2, 2, 1, 1]  # an old hint is ignored
 
 
+def test_a_healthy_users_count_skips_timing_one_thread(two_threads, monkeypatch):
+    """Idle cores: once the user's count has won a comparison on a workload, a later loop of that workload whose
+    first tiles run as fast (within HEALTHY) does not time one thread before the RECHECK cadence; tiles 10x slower
+    (a collapse), or another workload, are compared again."""
+    clock = [0.0]
+    monkeypatch.setattr(_threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(_threads.ThreadTuner, "_healthy", {})
+
+    def loop(tiles, cost, workload="kernel A"):
+        tuner, used = _threads.ThreadTuner("cpu", tiles=tiles, workload=workload), []
+        for _ in range(tiles):
+            tuner.start()
+            used.append(torch.get_num_threads())
+            clock[0] += cost[torch.get_num_threads()]
+            tuner.stop(entries=1)
+        torch.set_num_threads(2)
+        return used
+
+    idle, busy = {2: 0.05, 1: 0.09}, {2: 0.6, 1: 0.1}
+    assert loop(10, idle)[:5] == [2, 2, 2, 1, 1]  # the first loop compares: two threads win
+    assert loop(10, idle) == [2] * 10  # as fast as then: one thread is not timed
+    assert loop(10, {2: 0.06, 1: 0.09}) == [2] * 10  # 1.2x slower: within HEALTHY
+    used = loop(70, idle)
+    assert used[:65] == [2] * 65 and used[65] == 1  # one thread still timed at the RECHECK cadence
+    assert loop(10, idle, workload="kernel B")[:5] == [2, 2, 2, 1, 1]  # another workload: its own comparison
+    assert loop(10, busy)[:5] == [2, 2, 2, 1, 1]  # two threads collapsed: compared, and one thread wins
+    clock[0] += _threads.ThreadTuner.RECENT_SECONDS + 1
+    assert loop(10, {2: 0.3, 1: 0.1})[:5] == [2, 2, 2, 1, 1]  # still 6x slower than when they won: compared
+    clock[0] += _threads.ThreadTuner.RECENT_SECONDS + 1
+    assert loop(10, idle, workload=None)[:5] == [2, 2, 2, 1, 1]  # no workload given: every loop compares
+
+
 def test_thread_tuner_keeps_the_users_count_on_a_near_tie(two_threads, monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(_threads.time, "perf_counter", lambda: clock[0])

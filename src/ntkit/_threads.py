@@ -13,7 +13,9 @@ Large work is cut into many similar tiles, and busy cores hurt it too (a 200-ima
 faster per entry, and measures the other again every ``RECHECK`` tiles, so a machine that becomes busy or idle
 mid-call is followed. A call that follows, within ``RECENT_SECONDS``, a comparison that one thread won starts on
 one thread without timing the user's count first: on an oversubscribed machine each call's two exploratory tiles
-on two threads cost more than the rest (a 2,000-point kernel next to four spinners: 2.1 s against 0.35 s).
+on two threads cost more than the rest (a 2,000-point kernel next to four spinners: 2.1 s against 0.35 s). And
+a call whose first tiles on the user's count run as fast as when that count last won on the same workload skips
+timing one thread until the recheck: on idle cores the exploratory one-thread tiles were the policy's cost.
 """
 
 from __future__ import annotations
@@ -74,9 +76,11 @@ class ThreadTuner:
     HISTORY = 3     # per-entry times kept per option (their median decides)
     MARGIN = 0.8    # one thread replaces the user's count only when it is at least this much faster
     RECENT_SECONDS = 10.0  # how long a comparison won by one thread lets later loops start on one thread
+    HEALTHY = 1.25  # the user's count within this factor of its speed when it last won: one thread is not timed
     _recent: dict = {}     # the user's count -> (the faster option, when a loop last compared both)
+    _healthy: dict = {}    # (the user's count, workload) -> its per-entry seconds when it last won a comparison
 
-    def __init__(self, device: torch.device | str = "cpu", tiles: int = 0):
+    def __init__(self, device: torch.device | str = "cpu", tiles: int = 0, workload=None):
         many = torch.get_num_threads()
         self.active = torch.device(device).type == "cpu" and many > 1 and tiles >= 2 * self.EXPLORE + 3
         self.options = (many, 1)
@@ -86,6 +90,13 @@ class ThreadTuner:
         # one thread won a comparison moments ago: time the user's count only at the RECHECK cadence
         self.start_on_one = (self.active and recent is not None and recent[0] == 1
                              and 0.0 <= time.perf_counter() - recent[1] < self.RECENT_SECONDS)
+        # ``workload``: a hashable description of the tiles (architecture, tile shape, dtype) under which per-entry
+        # times are comparable from loop to loop. The user's count, when its first timed tiles run as fast as when
+        # it last won on this workload, keeps the loop without timing one thread until the RECHECK cadence: on idle
+        # cores the exploratory one-thread tiles cost each call ~10% (two of a 2,000-point kernel's ten tiles at
+        # ~1.8x their time), while a collapse (tiles 10x slower or more) still triggers the comparison.
+        self.workload = None if workload is None else (many, workload)
+        self.skip_one = False
 
     def freeze(self) -> None:
         """From now on the user's count, and no more timing: for compiled tiles, whose code is specialised to the
@@ -97,8 +108,7 @@ class ThreadTuner:
 
     @property
     def best(self) -> int:
-        many, one = (sorted(self.history[o])[len(self.history[o]) // 2] if self.history[o] else None
-                     for o in self.options)
+        many, one = (_median(self.history[o]) if self.history[o] else None for o in self.options)
         if many is not None and one is not None and one < self.MARGIN * many:
             return self.options[1]
         return self.options[0]
@@ -112,7 +122,9 @@ class ThreadTuner:
         elif i < 0:
             choice = self.options[0]
         elif i < 2 * self.EXPLORE:
-            choice = self.options[i // self.EXPLORE]
+            if i == self.EXPLORE:
+                self.skip_one = self._as_fast_as_when_it_won()
+            choice = self.options[0] if self.skip_one else self.options[i // self.EXPLORE]
         elif i % self.RECHECK == 0:  # time the option not in use (the user's count first if never timed)
             best = self.best
             choice = self.options[1] if best == self.options[0] and self.history[best] else self.options[0]
@@ -138,4 +150,18 @@ class ThreadTuner:
         del history[:-self.HISTORY]
         self.count += 1
         if all(self.history.values()):  # both options timed in this loop: a comparison later loops may start from
-            ThreadTuner._recent[self.options[0]] = (self.best, time.perf_counter())
+            best = self.best
+            ThreadTuner._recent[self.options[0]] = (best, time.perf_counter())
+            if best == self.options[0] and self.workload is not None:
+                if len(ThreadTuner._healthy) > 256:  # bounded: many workloads in one process start afresh
+                    ThreadTuner._healthy.clear()
+                ThreadTuner._healthy[self.workload] = _median(self.history[best])
+
+    def _as_fast_as_when_it_won(self) -> bool:
+        healthy = ThreadTuner._healthy.get(self.workload) if self.workload is not None else None
+        times = self.history[self.options[0]]
+        return healthy is not None and bool(times) and _median(times) <= self.HEALTHY * healthy
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]

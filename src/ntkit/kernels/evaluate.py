@@ -135,7 +135,8 @@ def evaluate_kernel(arch, x1: torch.Tensor, x2: torch.Tensor | None, *, get: tup
     show = progress if progress is not None else len(tiles) >= _PROGRESS_MIN_TILES
     bar = tqdm(tiles, desc="kernel tiles", disable=None if show else True, leave=False)
     started = time.perf_counter()
-    tuner = ThreadTuner(x1.device, len(tiles))  # busy CPUs: one thread may be faster (ntkit._threads)
+    # busy CPUs: one thread may be faster (ntkit._threads); per-entry times compare across calls of one workload
+    tuner = ThreadTuner(x1.device, len(tiles), workload=("flat", repr(arch), tuple(get), x1.dtype, tile))
     with coefficient_cache():  # per-block values (quadrature coefficients, variances) once per layer, not per tile
         # float32 pairs the rectified duals cannot resolve (ρ ≈ ±1) are recomputed in float64
         # (kernels/near_parallel.py); in-place CPU tiles learn which from their rectified rules, others test ρ.

@@ -125,7 +125,8 @@ class _Grid:
         self.near_parallel: SpatialPairs | None = None  # set by evaluate_spatial for float32 rectified nets
         # Busy CPUs: one thread may be faster (ntkit._threads); timed on the sub-tiles, the bulk of the work.
         per_group = -(-plan.group[0] // plan.sub_tile[0]) * -(-plan.group[1] // plan.sub_tile[1])
-        self.tuner = ThreadTuner(x1.device, len(self.groups()) * per_group)
+        self.tuner = ThreadTuner(x1.device, len(self.groups()) * per_group,
+                                 workload=("spatial", repr(arch), tuple(get), x1.dtype, tuple(x1.shape[1:]), plan))
 
     def groups(self):
         (rows, cols), n1, n2 = self.plan.group, len(self.x1), len(self.x2)
