@@ -1,9 +1,10 @@
 """Small work next to a busy process: ntkit's thread choice against torch's default thread pool, same process.
 
 Workloads (issue 11, point 5): a 350-point ReLU-MLP kernel (``arch.kernel``), a 2,000-point one, and 100 steps of
-``nk.train`` on a width-64 MLP with 256 points. Each is timed (median of repeats) with ntkit's choice (one intra-op
-thread below ``ntkit._threads.SMALL_WORK``, the user's count above, ``ThreadTuner`` on tile loops) and with every
-call on torch's default count (``SMALL_WORK = 0`` and no ``ThreadTuner``), on idle cores and next to competitors:
+``nk.train`` on a width-64 MLP with 256 points. Each is timed (median of repeats, the two policies alternating call
+by call) with ntkit's choice (one intra-op thread below ``ntkit._threads.SMALL_WORK``, the user's count above,
+``ThreadTuner`` on tile loops) and with every call on torch's default count (``SMALL_WORK = 0`` and no
+``ThreadTuner``), on idle cores and next to competitors:
 
 * ``spin-1``: one process spinning on one core (a compiler, a browser tab, another user's script);
 * ``spin-all``: one spinning process per core (a saturated CI runner);
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -52,10 +54,9 @@ def workloads():
             "nk.train 100 steps": train}
 
 
-def measure(repeats: int) -> dict:
-    out = {}
-    for name, fn in workloads().items():
-        chosen, _ = median_time(fn, repeats)
+def torch_default_threads(fn):
+    """``fn`` run with every call on torch's default thread count: ``SMALL_WORK = 0`` and no ``ThreadTuner``."""
+    def run():
         saved, _threads.SMALL_WORK = _threads.SMALL_WORK, 0
         tuner_init = _threads.ThreadTuner.__init__
 
@@ -65,11 +66,25 @@ def measure(repeats: int) -> dict:
 
         _threads.ThreadTuner.__init__ = untuned
         try:
-            default, _ = median_time(fn, repeats)
+            return fn()
         finally:
             _threads.SMALL_WORK = saved
             _threads.ThreadTuner.__init__ = tuner_init
-        out[name] = dict(ntkit_s=chosen, torch_default_threads_s=default)
+    return run
+
+
+def measure(repeats: int) -> dict:
+    """Both policies alternately, call by call (one warm-up each), so that neither gains from running second
+    (a warmer allocator, a machine that settled)."""
+    out = {}
+    for name, fn in workloads().items():
+        default_fn = torch_default_threads(fn)
+        fn(), default_fn()
+        chosen, default = [], []
+        for _ in range(repeats):
+            chosen.append(median_time(fn, 1)[0])
+            default.append(median_time(default_fn, 1)[0])
+        out[name] = dict(ntkit_s=statistics.median(chosen), torch_default_threads_s=statistics.median(default))
     return out
 
 
