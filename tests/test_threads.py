@@ -20,6 +20,7 @@ def two_threads(monkeypatch):
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     monkeypatch.setattr(_threads.ThreadTuner, "_recent", {})  # no comparison from other tests' loops
+    monkeypatch.setattr(_threads.ThreadTuner, "_healthy", {})
     yield
     torch.set_num_threads(previous)
 
@@ -175,7 +176,6 @@ def test_a_healthy_users_count_skips_timing_one_thread(two_threads, monkeypatch)
     (a collapse), or another workload, are compared again."""
     clock = [0.0]
     monkeypatch.setattr(_threads.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(_threads.ThreadTuner, "_healthy", {})
 
     def loop(tiles, cost, workload="kernel A"):
         tuner, used = _threads.ThreadTuner("cpu", tiles=tiles, workload=workload), []
