@@ -45,14 +45,58 @@ def test_erf_tile_equals_erf_bitwise(dtype):
     """Zero and tiny variances, |c| beyond √q1·√q2 (clamped), within 4 ulps of it (snapped), and the tile without
     any of these (the CPU path that touches no entry)."""
     c, q1, q2 = _grid(dtype)
-    q1, q2 = q1 * 1e3, q2 * 1e3  # large variances too: D's scaled root
-    c = c * 1e3
-    for grid in ((c, q1, q2), (0.3 * c, q1 + 0.1, q2 + 0.1)):
+    grids = [(c * 1e3, q1 * 1e3, q2 * 1e3),  # large variances: D's scaled root, m = max(1, b) > 1
+             (0.3 * c, q1 + 0.1, q2 + 0.1),  # nothing to clamp or snap
+             (0.3 * c, 0.3 * q1, 0.3 * q2),  # every b <= 1: the CPU path without m, with clamps and snaps
+             (0.09 * c, 0.3 * q1 + 0.01, 0.3 * q2 + 0.01)]  # neither
+    for grid in grids:
         k, kdot = dual.erf(*grid)
-        k_, kdot_ = dual_inplace.erf_tile_(grid[0].clone(), *grid[1:], scratch=Scratch())
-        assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
+        for avoid_sync in (False, True):  # True: the GPU branch, which reads no reduction back
+            k_, kdot_ = dual_inplace.erf_tile_(grid[0].clone(), *grid[1:], scratch=Scratch(), avoid_sync=avoid_sync)
+            assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
         k_only, none = dual_inplace.erf_tile_(grid[0].clone(), *grid[1:], derivative=False)
         assert none is None and torch.equal(k, k_only)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [0.5, 40.0])
+def test_erf_tile_snaps_exactly_the_entries_erf_snaps(dtype, scale):
+    """Tiles whose every |c| is b(1 − kε), k = 0 ... 24, next to the 4-ulp snap band (k < 4 snaps), with bounds b
+    within 2x of each other, and one tile of all these k with b 100-fold apart. The CPU path skips the snap when
+    the smallest slack b − |c| is at least 8ε·max b: a margin too small leaves the k = 2, 3 tiles unsnapped, a
+    wrong skip or extra snap changes an entry's value."""
+    g = torch.Generator().manual_seed(2)
+    eps = torch.finfo(dtype).eps
+    sign = torch.where(torch.arange(12) % 2 == 0, 1.0, -1.0).to(dtype)
+    for spread in (1.0, 99.0):
+        q1 = (torch.rand(25, 1, generator=g, dtype=dtype) * spread + 1.0) * scale / (1.0 + spread)
+        q2 = (torch.rand(1, 12, generator=g, dtype=dtype) * spread + 1.0) * scale / (1.0 + spread)
+        bound = q1.sqrt() * q2.sqrt()
+        steps = torch.arange(25, dtype=dtype)[:, None]
+        tiles = [sign * bound * (1 - steps * eps)] if spread > 1 else [sign * bound * (1 - k * eps) for k in range(25)]
+        for c in tiles:
+            k, kdot = dual.erf(c, q1, q2)
+            k_, kdot_ = dual_inplace.erf_tile_(c.clone(), q1, q2, scratch=Scratch())
+            assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_erf_diagonal_tile_self_pairs_same_values(dtype):
+    """A symmetric kernel's diagonal tile (``self_pairs``: the diagonal is snapped on its own and left out of the
+    reduction that decides the rest), with a near-duplicate pair off the diagonal and a zero-variance point."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 5, generator=g, dtype=dtype)
+    x[7] = x[3] * (1 + torch.finfo(dtype).eps)
+    x[11] = 0.0
+    for scale in (0.5, 30.0):  # b <= 1 everywhere, and b > 1
+        q = (x * x).sum(1) / 5 * scale
+        gram = x @ x.T / 5 * scale
+        gram.diagonal().copy_(q)
+        k, kdot = dual.erf(gram, q[:, None], q[None, :])
+        for self_pairs in (False, True):
+            k_, kdot_ = dual_inplace.erf_tile_(gram.clone(), q[:, None], q[None, :], scratch=Scratch(),
+                                               self_pairs=self_pairs)
+            assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
 
 
 def _out_of_place(monkeypatch):

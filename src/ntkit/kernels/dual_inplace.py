@@ -135,35 +135,86 @@ def rectified_tile_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, deriv
     return k, (kdot if derivative else None)
 
 
-def erf_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratch=None):
+def erf_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratch=None,
+              avoid_sync: bool | None = None, self_pairs: bool = False):
     """``erf`` on a flat tile, overwriting ``c`` with K: bitwise the same values (the same IEEE operations in the
-    same order: products and sums only commuted, ``(4/π)/D`` as torch evaluates it, 1/D·(4/π)), in five scratch
-    buffers instead of ~25 fresh tile-sized allocations. On a CPU the clamp and snap of ``_bounded`` touch only the
-    entries that snap (elsewhere they run on the whole tile). For the flat engine's eager tiles, where nothing needs
-    derivatives."""
+    same order: products and sums only commuted, ``(4/π)/D`` as torch evaluates it, 1/D·(4/π)), in at most five
+    scratch buffers instead of ~25 fresh tile-sized allocations. For the flat engine's eager tiles, where nothing
+    needs derivatives. On a CPU two host-side facts save passes over the tile, with the same values:
+
+    - ``_bounded``'s clamp and snap touch only the entries that snap, and a tile whose every slack b − |c| is far
+      from 0 needs neither (``_snap_few``: one reduction instead of four passes); with ``self_pairs`` (a symmetric
+      kernel's diagonal tile) the diagonal is snapped on its own first.
+    - Where every b = √q1·√q2 is at most 1 (the largest roots' product says so), ``_scaled_root``'s m = max(1, b)
+      is 1 everywhere, and the divisions by m and the product by √m change nothing: D = √(base + 4(b − |c|)(b + |c|))
+      in six passes fewer. The factor 4 rides on the sum (``add(..., alpha=4)``): 4·x is exact, so
+      1 + 2(q1 + q2) + 4·(s·t) rounds as 1 + 2(q1 + q2) + (4s)·t does (a product that differs on underflow is below
+      half an ulp of the sum, which is >= 1).
+
+    ``avoid_sync`` (default: any device but the CPU) runs every pass instead, since reading a reduction back would
+    make the host wait for the device; the values are the same.
+    """
     from .scratch import empty
 
+    cpu = c.device.type == "cpu" if avoid_sync is None else not avoid_sync
     root1, root2 = _root(q1), _root(q2)
     bound = torch.mul(root1, root2, out=empty(scratch, c.shape, c))
     size = torch.abs(c, out=empty(scratch, c.shape, c))
-    work = torch.mul(bound, 1.0 - 4.0 * torch.finfo(c.dtype).eps, out=empty(scratch, c.shape, c))
-    snap = size > work
-    if c.device.type != "cpu":  # reading the snapped entries back would make the host wait
+    slack = empty(scratch, c.shape, c)
+    if cpu:
+        largest = float(root1.max() * root2.max()) if root1.numel() and root2.numel() else 0.0
+        _snap_few(c, size, torch.sub(bound, size, out=slack), bound, largest, self_pairs)
+    else:
+        largest = math.inf
+        snap = size > torch.mul(bound, 1.0 - 4.0 * torch.finfo(c.dtype).eps, out=slack)
         c.copy_(torch.where(snap, torch.copysign(bound, c), torch.maximum(torch.minimum(c, bound), -bound)))
-        torch.abs(c, out=size)
-    elif bool(snap.any()):  # a diagonal tile's self-pairs, duplicates: few entries
-        # Entries not snapped have |c| <= b(1 − 4ε) <= b, which the clamp leaves as they are (NaN too).
-        snapped = snap.nonzero(as_tuple=True)
-        c[snapped] = torch.copysign(bound[snapped], c[snapped])
-        size[snapped] = c[snapped].abs()
-    del snap
-    slack = torch.sub(bound, size, out=work).mul_(4.0)  # 4(b − |c|)
-    m = torch.clamp(bound, min=1.0, out=empty(scratch, c.shape, c))
-    base = torch.add(q1, q2, out=empty(scratch, c.shape, c)).mul_(2.0).add_(1.0)  # 1 + 2(q1 + q2)
-    base.div_(m).add_(slack.div_(m).mul_(size.add_(bound))).sqrt_()  # √(base/m + (slack/m)(b + |c|))
-    d = m.sqrt_().mul_(base)  # D = √m · √(...)
+        del snap
+        torch.sub(bound, torch.abs(c, out=size), out=slack)
+    one = torch.ones((), dtype=c.dtype, device=c.device)
+    base = torch.add(q1, q2, out=empty(scratch, c.shape, c))
+    base = torch.add(one, base, alpha=2.0, out=base)  # 1 + 2(q1 + q2) (2·x is exact)
+    if largest <= 1.0:  # m = 1 everywhere (NaN compares False)
+        d = base.add_(slack.mul_(size.add_(bound)), alpha=4.0).sqrt_()  # √(base + 4·(b − |c|)(b + |c|))
+        spare = (bound, size, slack)
+    else:  # √m · √(base/m + (4(b − |c|)/m)(b + |c|)), m = max(1, b)
+        m = torch.clamp(bound, min=1.0, out=empty(scratch, c.shape, c))
+        base.div_(m).add_(slack.mul_(4.0).div_(m).mul_(size.add_(bound))).sqrt_()
+        d = m.sqrt_().mul_(base)
+        spare = (bound, size, slack, base)
     k = c.mul_(2.0).atan2_(d).mul_(2.0 / math.pi)  # K in c's storage, as the engine's in-place rules return it
     kdot = d.reciprocal_().mul_(4.0 / math.pi) if derivative else None
     if scratch is not None:
-        scratch.give(bound, size, work, base, None if derivative else d)
+        scratch.give(*spare, None if derivative else d)
     return k, kdot
+
+
+def _snap_few(c: Tensor, size: Tensor, slack: Tensor, bound: Tensor, largest: float, self_pairs: bool) -> None:
+    """``dual._bounded``'s clamp and snap on a CPU tile, in place: c, |c| and the slack b − |c| given with b.
+
+    An entry snaps when |c| > w = fl(b(1 − 4ε)); the others have |c| <= w <= b, which the clamp leaves as they are
+    (NaN too), so only snapped entries change. A snapped entry has b − |c| < b − w < 4.5εb (normal b; for a
+    subnormal one, below 2^-146 in float32), so its slack rounds below 8ε·b <= 8ε·B, where B = ``largest`` >= every b
+    (rounding is monotone): when the smallest slack is at least 8ε·B (B normal), nothing snaps. With
+    ``self_pairs`` the diagonal, whose self-pairs always snap, is snapped on its own and left out of that minimum."""
+    finfo = torch.finfo(c.dtype)
+    keep = 1.0 - 4.0 * finfo.eps
+    if self_pairs and c.ndim == 2 and c.shape[0] == c.shape[1] and c.shape[0]:
+        diagonal = [t.diagonal() for t in (c, size, slack, bound)]
+        _snap_entries(*diagonal, keep)
+        saved = diagonal[2].clone()
+        diagonal[2].fill_(math.inf)
+        low = float(slack.amin())
+        diagonal[2].copy_(saved)
+    else:
+        low = float(slack.amin()) if slack.numel() else math.inf
+    if not (largest >= finfo.tiny and low >= 8.0 * finfo.eps * largest):  # NaN: the exact test
+        _snap_entries(c, size, slack, bound, keep)
+
+
+def _snap_entries(c: Tensor, size: Tensor, slack: Tensor, bound: Tensor, keep: float) -> None:
+    """Set the entries with |c| > fl(b·keep) to ±b (and their |c| to b, their slack to 0), touching only those."""
+    snapped = (size > bound * keep).nonzero(as_tuple=True)
+    if snapped[0].numel():
+        c[snapped] = torch.copysign(bound[snapped], c[snapped])
+        size[snapped] = c[snapped].abs()
+        slack[snapped] = bound[snapped] - size[snapped]

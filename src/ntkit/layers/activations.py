@@ -255,7 +255,8 @@ class Erf(_ClosedForm):
         if not state.in_place or type(self).dual is not Erf.dual:  # a subclass's own dual runs as it is
             return super().kernel_rule(state, need_ntk)
         # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual_inplace.erf_tile_).
-        k, kdot = dual_inplace.erf_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch)
+        k, kdot = dual_inplace.erf_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
+                                         self_pairs=state.self_pairs)
         ntk = state.ntk.mul_(kdot) if need_ntk else None
         if need_ntk and state.scratch is not None:
             state.scratch.give(kdot)
