@@ -40,8 +40,12 @@ def test_rectified_tile_equals_rectified_bitwise(dtype, slopes):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+SMOOTH = [(dual.erf, dual_inplace.erf_tile_), (dual.gelu, dual_inplace.gelu_tile_)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_erf_tile_equals_erf_bitwise(dtype):
+@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=["erf", "gelu"])
+def test_smooth_tile_rules_equal_their_duals_bitwise(dtype, rule, tile_rule):
     """Zero and tiny variances, |c| beyond √q1·√q2 (clamped), within 4 ulps of it (snapped), and the tile without
     any of these (the CPU path that touches no entry)."""
     c, q1, q2 = _grid(dtype)
@@ -50,17 +54,18 @@ def test_erf_tile_equals_erf_bitwise(dtype):
              (0.3 * c, 0.3 * q1, 0.3 * q2),  # every b <= 1: the CPU path without m, with clamps and snaps
              (0.09 * c, 0.3 * q1 + 0.01, 0.3 * q2 + 0.01)]  # neither
     for grid in grids:
-        k, kdot = dual.erf(*grid)
+        k, kdot = rule(*grid)
         for avoid_sync in (False, True):  # True: the GPU branch, which reads no reduction back
-            k_, kdot_ = dual_inplace.erf_tile_(grid[0].clone(), *grid[1:], scratch=Scratch(), avoid_sync=avoid_sync)
+            k_, kdot_ = tile_rule(grid[0].clone(), *grid[1:], scratch=Scratch(), avoid_sync=avoid_sync)
             assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
-        k_only, none = dual_inplace.erf_tile_(grid[0].clone(), *grid[1:], derivative=False)
+        k_only, none = tile_rule(grid[0].clone(), *grid[1:], derivative=False, scratch=Scratch())
         assert none is None and torch.equal(k, k_only)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [0.5, 40.0])
-def test_erf_tile_snaps_exactly_the_entries_erf_snaps(dtype, scale):
+@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=["erf", "gelu"])
+def test_smooth_tile_rules_snap_exactly_the_entries_their_duals_snap(dtype, scale, rule, tile_rule):
     """Tiles whose every |c| is b(1 − kε), k = 0 ... 24, next to the 4-ulp snap band (k < 4 snaps), with bounds b
     within 2x of each other, and one tile of all these k with b 100-fold apart. The CPU path skips the snap when
     the smallest slack b − |c| is at least 8ε·max b: a margin too small leaves the k = 2, 3 tiles unsnapped, a
@@ -75,13 +80,14 @@ def test_erf_tile_snaps_exactly_the_entries_erf_snaps(dtype, scale):
         steps = torch.arange(25, dtype=dtype)[:, None]
         tiles = [sign * bound * (1 - steps * eps)] if spread > 1 else [sign * bound * (1 - k * eps) for k in range(25)]
         for c in tiles:
-            k, kdot = dual.erf(c, q1, q2)
-            k_, kdot_ = dual_inplace.erf_tile_(c.clone(), q1, q2, scratch=Scratch())
+            k, kdot = rule(c, q1, q2)
+            k_, kdot_ = tile_rule(c.clone(), q1, q2, scratch=Scratch())
             assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_erf_diagonal_tile_self_pairs_same_values(dtype):
+@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=["erf", "gelu"])
+def test_smooth_diagonal_tile_self_pairs_same_values(dtype, rule, tile_rule):
     """A symmetric kernel's diagonal tile (``self_pairs``: the diagonal is snapped on its own and left out of the
     reduction that decides the rest), with a near-duplicate pair off the diagonal and a zero-variance point."""
     g = torch.Generator().manual_seed(4)
@@ -92,10 +98,9 @@ def test_erf_diagonal_tile_self_pairs_same_values(dtype):
         q = (x * x).sum(1) / 5 * scale
         gram = x @ x.T / 5 * scale
         gram.diagonal().copy_(q)
-        k, kdot = dual.erf(gram, q[:, None], q[None, :])
+        k, kdot = rule(gram, q[:, None], q[None, :])
         for self_pairs in (False, True):
-            k_, kdot_ = dual_inplace.erf_tile_(gram.clone(), q[:, None], q[None, :], scratch=Scratch(),
-                                               self_pairs=self_pairs)
+            k_, kdot_ = tile_rule(gram.clone(), q[:, None], q[None, :], scratch=Scratch(), self_pairs=self_pairs)
             assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
 
 
@@ -109,7 +114,8 @@ def _out_of_place(monkeypatch):
     nk.mlp(2, 8, activation="leaky_relu", w_std=1.3, b_std=0.0),
     nk.Serial(nk.Dense(8, b_std=0.2), nk.Residual(nk.Serial(nk.Abs(), nk.Dense(8))), nk.ReLU(), nk.Dense(1)),
     nk.mlp(2, 8, activation="erf", b_std=0.1, parameterization="standard"),
-], ids=["relu", "leaky", "residual", "erf-standard"])
+    nk.mlp(2, 8, activation="gelu", w_std=1.5, b_std=0.1),
+], ids=["relu", "leaky", "residual", "erf-standard", "gelu"])
 def test_kernel_in_place_equals_out_of_place_bitwise(monkeypatch, dtype, arch):
     # Without the float64 recomputation of near-parallel float32 pairs (kernels/near_parallel.py), which only the
     # in-place side would apply here: the rules themselves are compared.

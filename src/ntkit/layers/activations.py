@@ -173,6 +173,14 @@ class _ClosedForm(Activation):
         """The same expectations by quadrature (what the closed form is tested against)."""
         return Activation.dual(self, c, q1, q2, derivative)
 
+    def _in_place_state(self, state, need_ntk, k, kdot):
+        """The next state from an in-place tile rule's K (in the NNGP's storage) and K̇ (a scratch buffer)."""
+        ntk = state.ntk.mul_(kdot) if need_ntk else None
+        if need_ntk and state.scratch is not None:
+            state.scratch.give(kdot)
+        return state.replace(nngp=k, ntk=ntk, var1=self.variance(state.var1), var2=self.variance(state.var2),
+                             gaussian=False)
+
 
 class _Rectified(_ClosedForm):
     """σ(u) = a·u for u > 0, b·u for u < 0, with ``slopes`` = (a, b): the arc-cosine family of ``dual.rectified``."""
@@ -194,11 +202,7 @@ class _Rectified(_ClosedForm):
         k, kdot = dual_inplace.rectified_tile_(state.nngp, state.var1, state.var2, *self.slopes, need_ntk,
                                                state.scratch, near_parallel=state.near_parallel,
                                                self_pairs=state.self_pairs)
-        ntk = state.ntk.mul_(kdot) if need_ntk else None
-        if need_ntk and state.scratch is not None:
-            state.scratch.give(kdot)
-        return state.replace(nngp=k, ntk=ntk, var1=self.variance(state.var1), var2=self.variance(state.var2),
-                             gaussian=False)
+        return self._in_place_state(state, need_ntk, k, kdot)
 
 
 class ReLU(_Rectified):
@@ -257,11 +261,7 @@ class Erf(_ClosedForm):
         # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual_inplace.erf_tile_).
         k, kdot = dual_inplace.erf_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
                                          self_pairs=state.self_pairs)
-        ntk = state.ntk.mul_(kdot) if need_ntk else None
-        if need_ntk and state.scratch is not None:
-            state.scratch.give(kdot)
-        return state.replace(nngp=k, ntk=ntk, var1=self.variance(state.var1), var2=self.variance(state.var2),
-                             gaussian=False)
+        return self._in_place_state(state, need_ntk, k, kdot)
 
 
 class GELU(_ClosedForm):
@@ -270,11 +270,21 @@ class GELU(_ClosedForm):
     def __init__(self):
         super().__init__(F.gelu, "gelu")
 
+    in_place_tile_cost = 5  # b, |c|, b − |c| (then t, arctan t, r) and 1 + q1 + q2, m or c/(1+q1) (gelu_tile_)
+
     def module(self):
         return nn.GELU()
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.gelu(c, q1, q2, derivative)
+
+    def kernel_rule(self, state, need_ntk):
+        if not state.in_place or type(self).dual is not GELU.dual:  # a subclass's own dual runs as it is
+            return super().kernel_rule(state, need_ntk)
+        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual_inplace.gelu_tile_).
+        k, kdot = dual_inplace.gelu_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
+                                          self_pairs=state.self_pairs)
+        return self._in_place_state(state, need_ntk, k, kdot)
 
 
 class Sin(_ClosedForm):
