@@ -1,6 +1,7 @@
 """Infinite-width kernel speed: ``arch.kernel`` against a plain eager-torch recursion, side by side, on any device.
 
-Workload (issues 2 and 11): 3-hidden-layer ReLU MLP (``--activation erf``: erf) (w_std = 1, b_std = 0.1), d = 64,
+Workload (issues 2 and 11): 3-hidden-layer ReLU MLP (``--activation erf`` / ``gelu``: erf, the exact GELU)
+(w_std = 1, b_std = 0.1), d = 64,
 float32, NNGP and NTK of x with itself, N = 1,000 and 4,000 (and 20,000 with ``--sizes``). The competitor is the
 same recursion written as one
 would in eager torch: one Gram product, then full-grid elementwise operations per layer. Per N: the eager
@@ -14,7 +15,8 @@ pass, and the compiled pass (``fused=True``) once warm, each checked against the
 * peak memory of N = 20,000 with tiling (CPU), measured in a fresh subprocess (peak RSS above the baseline).
 
     .venv/bin/python benchmarks/analytic_kernel.py [--repeats 5] [--device cpu|cuda] [--sizes 1000 4000]
-                                                   [--activation relu|erf] [--skip-large] [--skip-first-call]
+                                                   [--activation relu|erf|gelu] [--skip-large]
+                                                   [--skip-first-call]
                                                    [--skip-fused]
 """
 
@@ -51,6 +53,21 @@ def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0,
             k = (2 / math.pi) * torch.atan2(2 * nngp, root)
             kdot = (4 / math.pi) / root
             q = (2 / math.pi) * torch.atan2(2 * q, torch.sqrt(1 + 4 * q))
+            nngp, q = w2 * k + b2, w2 * q + b2
+            ntk = nngp + w2 * ntk * kdot
+        return nngp, ntk
+    if activation == "gelu":  # the closed form as written in ntkit.kernels.dual.gelu's docstring, S = P − c²
+        def gelu(c, q1, q2):
+            p = (1 + q1) * (1 + q2)
+            s = p - c ** 2
+            root = torch.sqrt(s)
+            atan = torch.atan(c / root)
+            k = c / 4 + ((q1 * q2 * s + c ** 2) / (p * root) + c * atan) / (2 * math.pi)
+            kdot = 0.25 + (atan + c / root + c * (2 * s - q1 * q2 * s + c ** 2) / (p * s * root)) / (2 * math.pi)
+            return k, kdot
+        for _ in range(hidden_layers):
+            k, kdot = gelu(nngp, q[:, None], q[None, :])
+            q = gelu(q, q, q)[0]
             nngp, q = w2 * k + b2, w2 * q + b2
             ntk = nngp + w2 * ntk * kdot
         return nngp, ntk
@@ -116,7 +133,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
-    parser.add_argument("--activation", choices=["relu", "erf"], default="relu")
+    parser.add_argument("--activation", choices=["relu", "erf", "gelu"], default="relu")
     parser.add_argument("--skip-large", action="store_true", help="skip the N = 20,000 memory probe (CPU)")
     parser.add_argument("--skip-first-call", action="store_true", help="skip the fresh-process first calls")
     parser.add_argument("--skip-fused", action="store_true",
