@@ -172,7 +172,7 @@ def erf_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratc
 def gelu_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratch=None,
                avoid_sync: bool | None = None, self_pairs: bool = False):
     """``gelu`` on a flat tile, overwriting ``c`` with K: bitwise the same values (the same IEEE operations in the
-    same order, products and sums only commuted), in at most seven scratch buffers instead of ~35 fresh tile-sized
+    same order, products and sums only commuted), in at most five scratch buffers instead of ~35 fresh tile-sized
     allocations, with erf's two CPU shortcuts (``erf_tile_``: the snap decided by one reduction, and √S without
     m = max(1, b) where every b <= 1). For the flat engine's eager tiles, where nothing needs derivatives."""
     from .scratch import empty
