@@ -34,6 +34,9 @@ step analytic_50k 60 python3 benchmarks/analytic_kernel.py --device cuda --sizes
 # The erf MLP, whose default on CUDA is the Triton kernel's erf variant.
 step analytic_erf 60 python3 benchmarks/analytic_kernel.py --device cuda --activation erf --sizes 4000 20000 \
     --repeats 5 --skip-fused --skip-first-call
+# The GELU MLP: eager tiles on CUDA (no Triton variant), against its closed form on the full grid.
+step analytic_gelu 45 python3 benchmarks/analytic_kernel.py --device cuda --activation gelu --sizes 4000 20000 \
+    --repeats 3 --skip-fused --skip-first-call
 # Empirical NTK against the tutorial: MLPs (goal >= 10x at N >= 1,024), the tutorial CNN and ResNet-18 (>= 3x).
 step empirical 150 python3 benchmarks/empirical_ntk.py --device cuda --large --skip-slow --repeats 5 \
     --competitor-repeats 3
