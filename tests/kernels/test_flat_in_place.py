@@ -179,3 +179,28 @@ def test_diagonal_tile_self_pairs_skip_the_snaps_with_the_same_values(slopes):
     paired = dual_inplace.rectified_tile_(gram.clone(), q[:, None], q[None, :], *slopes, scratch=Scratch(),
                                           self_pairs=True)
     assert torch.equal(plain[0], paired[0]) and torch.equal(plain[1], paired[1])
+
+
+def test_a_subclass_with_its_own_dual_runs_it_on_in_place_tiles(monkeypatch):
+    """The in-place tile rule belongs to the class that defines ``dual``: a subclass that replaces ``dual`` gets
+    its own values on the eager tiles, one that does not keeps the tile rule."""
+
+    class Halved(nk.Erf):
+        def dual(self, c, q1, q2, derivative=True):
+            k, kdot = dual.erf(c, q1, q2, derivative)
+            return 0.5 * k, (None if kdot is None else 0.5 * kdot)
+
+    class Renamed(nk.GELU):
+        pass
+
+    assert Halved()._paired_tile_rule() is None
+    assert Renamed()._paired_tile_rule() is dual_inplace.gelu_tile_
+    assert nk.Erf()._paired_tile_rule() is dual_inplace.erf_tile_
+    x = torch.randn(30, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    arch = nk.Serial(nk.Dense(8, b_std=0.1), Halved(), nk.Dense(1))
+    fast = arch.kernel(x, batch_size=16)
+    _out_of_place(monkeypatch)
+    slow = arch.kernel(x, batch_size=16)
+    assert torch.equal(fast.ntk, slow.ntk) and torch.equal(fast.nngp, slow.nngp)
+    plain = nk.Serial(nk.Dense(8, b_std=0.1), nk.Erf(), nk.Dense(1)).kernel(x, batch_size=16)
+    assert not torch.allclose(fast.ntk, plain.ntk)

@@ -173,6 +173,25 @@ class _ClosedForm(Activation):
         """The same expectations by quadrature (what the closed form is tested against)."""
         return Activation.dual(self, c, q1, q2, derivative)
 
+    # The in-place twin of ``dual`` in kernels.dual_inplace (bitwise its values), for the flat engine's eager tiles
+    # (``KernelState.in_place``), set in the class that defines ``dual``; None: ``dual`` runs out of place.
+    tile_rule = None
+
+    def kernel_rule(self, state, need_ntk):
+        rule = self._paired_tile_rule() if state.in_place else None
+        if rule is None:
+            return super().kernel_rule(state, need_ntk)
+        k, kdot = rule(state.nngp, state.var1, state.var2, need_ntk, state.scratch, self_pairs=state.self_pairs)
+        return self._in_place_state(state, need_ntk, k, kdot)
+
+    def _paired_tile_rule(self):
+        """``tile_rule`` of the class that defines this layer's ``dual``: a subclass's own ``dual`` runs as it is."""
+        for owner in type(self).__mro__:
+            if "dual" in owner.__dict__:
+                rule = owner.__dict__.get("tile_rule")
+                return rule.__func__ if isinstance(rule, staticmethod) else rule
+        return None
+
     def _in_place_state(self, state, need_ntk, k, kdot):
         """The next state from an in-place tile rule's K (in the NNGP's storage) and K̇ (a scratch buffer)."""
         ntk = state.ntk.mul_(kdot) if need_ntk else None
@@ -251,17 +270,10 @@ class Erf(_ClosedForm):
         super().__init__(torch.erf, "erf")
 
     in_place_tile_cost = 5  # b, |c|, 4(b − |c|), m (then D) and 1 + 2(q1 + q2) (kernels.dual_inplace.erf_tile_)
+    tile_rule = staticmethod(dual_inplace.erf_tile_)
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.erf(c, q1, q2, derivative)
-
-    def kernel_rule(self, state, need_ntk):
-        if not state.in_place or type(self).dual is not Erf.dual:  # a subclass's own dual runs as it is
-            return super().kernel_rule(state, need_ntk)
-        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual_inplace.erf_tile_).
-        k, kdot = dual_inplace.erf_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
-                                         self_pairs=state.self_pairs)
-        return self._in_place_state(state, need_ntk, k, kdot)
 
 
 class GELU(_ClosedForm):
@@ -271,20 +283,13 @@ class GELU(_ClosedForm):
         super().__init__(F.gelu, "gelu")
 
     in_place_tile_cost = 5  # b, |c|, b − |c| (then t, arctan t, r) and 1 + q1 + q2, m or c/(1+q1) (gelu_tile_)
+    tile_rule = staticmethod(dual_inplace.gelu_tile_)
 
     def module(self):
         return nn.GELU()
 
     def dual(self, c, q1, q2, derivative=True):
         return duals.gelu(c, q1, q2, derivative)
-
-    def kernel_rule(self, state, need_ntk):
-        if not state.in_place or type(self).dual is not GELU.dual:  # a subclass's own dual runs as it is
-            return super().kernel_rule(state, need_ntk)
-        # The flat engine's eager tiles: in place, bitwise the values of ``dual`` (kernels.dual_inplace.gelu_tile_).
-        k, kdot = dual_inplace.gelu_tile_(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
-                                          self_pairs=state.self_pairs)
-        return self._in_place_state(state, need_ntk, k, kdot)
 
 
 class Sin(_ClosedForm):
