@@ -59,7 +59,8 @@ def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative
 
     tiny = smallest_subnormal(c.dtype)
     root1, root2 = torch.sqrt(q1), torch.sqrt(q2)
-    rho = c.div_(torch.clamp(root1, min=tiny)).div_(torch.clamp(root2, min=tiny)).clamp_(-1.0, 1.0)
+    # No clamp to [−1, 1]: the snaps below set every ρ beyond ±edge, so every ρ beyond ±1, to ±1 (NaN stays).
+    rho = c.div_(torch.clamp(root1, min=tiny)).div_(torch.clamp(root2, min=tiny))
     edge = 1.0 - 4.0 * torch.finfo(c.dtype).eps
     # On a CPU one reduction says which snaps any entry needs: a pair of different images usually has none, a point
     # with itself only the one at +1 (Myrtle-5, one pair: the four compare-and-fill passes were 19 ms of 61). A
