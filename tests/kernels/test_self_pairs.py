@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import ntkit as nk
-from ntkit.kernels import dual_inplace
+from ntkit.kernels import dual, dual_inplace
 
 
 class _CountingMasks(TorchDispatchMode):
@@ -56,3 +56,30 @@ def test_the_convolutional_engine_marks_points_with_themselves():
     with _CountingMasks() as counter:
         arch.kernel(x, batch_size=1)
     assert counter.fills == 0
+
+
+class _CountingWholeStateNonzero(TorchDispatchMode):
+    """Counts ``nonzero`` over tensors of ``numel`` entries (the smooth rules' search for entries to snap)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.calls = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.ops.aten.nonzero.default and args[0].numel() == self.numel
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("rule, tile_rule", [(dual.erf, dual_inplace.erf_tile_), (dual.gelu, dual_inplace.gelu_tile_)],
+                         ids=["erf", "gelu"])
+def test_smooth_rules_snap_a_point_with_itself_on_its_diagonal(rule, tile_rule):
+    """The convolutional engine's full-form state of an image with itself: with ``self_pairs`` the erf and GELU
+    rules snap the positions paired with themselves on the (P, P) diagonal alone, with ``dual``'s values."""
+    image = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cov, q1, q2 = _self_state(image)
+    expected = rule(cov, q1, q2)
+    for self_pairs, searches in ((False, 1), (True, 0)):
+        with _CountingWholeStateNonzero(cov.numel()) as counter:
+            got = tile_rule(cov.clone(), q1, q2, self_pairs=self_pairs)
+        assert counter.calls == searches
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

@@ -31,16 +31,26 @@ def _extremes(rho: Tensor, self_pairs: bool, edge: float) -> tuple[float, float]
     both snap thresholds: then only other entries can call for a snap or a near-parallel mask. A diagonal tile (one
     self-pair per row) or a point with itself (a 1024×1024 diagonal in a 32×32 image's state) no longer triggers
     the masked passes over the whole state by itself. Same values either way."""
-    if self_pairs and rho.is_contiguous() and rho.ndim >= 2:
-        positions = math.isqrt(rho.numel() // (1 if rho.ndim == 2 else rho.shape[0] * rho.shape[1]))
+    positions = _positions(rho) if self_pairs else 0
+    if positions:
         diagonal = rho.view(-1, positions, positions).diagonal(dim1=1, dim2=2)
-        if positions and bool(diagonal.min() > edge):  # NaN compares False: the plain path
+        if bool(diagonal.min() > edge):  # NaN compares False: the plain path
             diagonal.zero_()
             low, high = torch.aminmax(rho)
             diagonal.fill_(1.0)
             return float(low), float(high)
     low, high = torch.aminmax(rho)
     return float(low), float(high)
+
+
+def _positions(state: Tensor) -> int:
+    """P for a contiguous state of pairs viewed as (B, P, P) with a point's self-pairs on the diagonals (a flat
+    tile (P, P), or a convolutional engine's full-form state (t1, t2, *S, *S)); 0 where it cannot be viewed so."""
+    if not state.is_contiguous() or state.ndim < 2 or not state.numel() or (
+            state.ndim == 2 and state.shape[0] != state.shape[1]):
+        return 0
+    positions = math.isqrt(state.numel() // (1 if state.ndim == 2 else state.shape[0] * state.shape[1]))
+    return positions if state.numel() % (positions * positions) == 0 and positions > 0 else 0
 
 
 def rectified_(c: Tensor, q1: Tensor, q2: Tensor, a: float, b: float, derivative: bool = True, scratch=None,
@@ -247,8 +257,9 @@ def _snap_few(c: Tensor, size: Tensor, slack: Tensor, bound: Tensor, largest: fl
     ``self_pairs`` the diagonal, whose self-pairs always snap, is snapped on its own and left out of that minimum."""
     finfo = torch.finfo(c.dtype)
     keep = 1.0 - 4.0 * finfo.eps
-    if self_pairs and c.ndim == 2 and c.shape[0] == c.shape[1] and c.shape[0]:
-        diagonal = [t.diagonal() for t in (c, size, slack, bound)]
+    positions = _positions(c) if self_pairs else 0
+    if positions:
+        diagonal = [t.view(-1, positions, positions).diagonal(dim1=1, dim2=2) for t in (c, size, slack, bound)]
         _snap_entries(*diagonal, keep)
         saved = diagonal[2].clone()
         diagonal[2].fill_(math.inf)

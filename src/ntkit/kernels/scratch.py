@@ -34,9 +34,10 @@ class Scratch:
         return base.view(shape)
 
     def give(self, *tensors) -> None:
-        """Return buffers (or views of them) that no live tensor uses any more; others are ignored."""
+        """Return buffers (or views of them) that no live tensor uses any more; others are ignored, and so are
+        tensors in an autograd graph (it may hold them for the backward pass)."""
         for t in tensors:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and not t.requires_grad:
                 ref = self._lent.pop(t.untyped_storage().data_ptr(), None)
                 base = None if ref is None else ref()
                 if base is not None:
@@ -48,3 +49,11 @@ def empty(scratch: Scratch | None, shape, like: torch.Tensor) -> torch.Tensor:
     if scratch is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     return scratch.empty(shape, like)
+
+
+def out_buffer(scratch: Scratch | None, shape, like: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor | None:
+    """A buffer for an op's ``out=`` argument, or None (the op allocates its result) when autograd records the op:
+    ops with ``out=`` cannot be differentiated."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return None
+    return empty(scratch, shape, like)

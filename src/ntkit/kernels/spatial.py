@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .scratch import empty
+from .scratch import empty, out_buffer
 
 Tensor = torch.Tensor
 
@@ -67,7 +67,7 @@ def input_covariance(x1: Tensor, x2: Tensor, form: str, aligned: bool = False, s
     else:
         # One GEMM: (t1·P, C) @ (C, t2·P), then the pair axes to the front.
         left, right = a.transpose(1, 2).reshape(-1, channels), b.permute(1, 0, 2).reshape(channels, -1)
-        cov = torch.mm(left, right, out=empty(scratch, (left.shape[0], right.shape[1]), left))
+        cov = torch.mm(left, right, out=out_buffer(scratch, (left.shape[0], right.shape[1]), left, left, right))
         product = cov
         cov = cov.reshape(a.shape[0], a.shape[2], b.shape[0], b.shape[2]).transpose(1, 2)
         if cov.shape[0] > 1 and cov.shape[1] > 1:  # pair axes to the front: a copy, unless one side is one point
@@ -138,17 +138,16 @@ def _windows(x: Tensor, dims: tuple[int, ...], size: int, stride: int, pad: tupl
     shape = list(x.shape)
     for dim in dims:
         shape[dim] = outputs
-    total = empty(scratch, shape, x)
     if len(parts) >= 2 and parts[0][0] and parts[1][0]:  # two full taps start the sum in one pass
-        torch.add(x[parts[0][1]], x[parts[1][1]], out=total)
+        total = torch.add(x[parts[0][1]], x[parts[1][1]], out=out_buffer(scratch, shape, x, x))
         if scale != 1.0:
             total.mul_(scale)
         parts = parts[2:]
     elif parts and parts[0][0]:
-        torch.mul(x[parts[0][1]], scale, out=total)
+        total = torch.mul(x[parts[0][1]], scale, out=out_buffer(scratch, shape, x, x))
         parts = parts[1:]
     else:
-        total.zero_()
+        total = empty(scratch, shape, x).zero_()
     for _, source, target in parts:
         total[target].add_(x[source], alpha=scale)
     return total

@@ -25,7 +25,7 @@ from .._validation import check_positive_int
 from ..kernels import dual as duals
 from ..kernels import dual_inplace
 from ..kernels.kernel import KernelState
-from ..kernels.cache import memoized
+from ..kernels.cache import carries_derivatives, memoized
 from ..kernels.quadrature import DEFAULT_DEGREE, derivative_by_autograd, dual_by_quadrature, variance_by_quadrature
 from .base import Layer, Signature
 
@@ -142,9 +142,14 @@ class Activation(Layer):
         return self.dual(c, q1, q2, derivative)
 
     def spatial_rule(self, state: KernelState, need_ntk: bool, out_form: str) -> KernelState:
-        # The spatial engine's tape supplies the variances before every layer, so none are propagated here.
-        k, kdot = self.dual_inplace(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
-                                    self_pairs=state.self_pairs and state.form == "full")
+        # The spatial engine's tape supplies the variances before every layer, so none are propagated here. A state
+        # that takes part in a derivative (inputs or hyperparameters with requires_grad) runs ``dual`` out of place:
+        # the in-place rules write into out= buffers, which autograd cannot follow.
+        if any(isinstance(t, torch.Tensor) and carries_derivatives(t) for t in (state.nngp, state.var1, state.var2)):
+            k, kdot = self.dual(state.nngp, state.var1, state.var2, need_ntk)
+        else:
+            k, kdot = self.dual_inplace(state.nngp, state.var1, state.var2, need_ntk, state.scratch,
+                                        self_pairs=state.self_pairs and state.form == "full")
         ntk = state.ntk.mul_(kdot) if need_ntk else None
         if state.scratch is not None:
             state.scratch.give(kdot)
@@ -183,6 +188,14 @@ class _ClosedForm(Activation):
             return super().kernel_rule(state, need_ntk)
         k, kdot = rule(state.nngp, state.var1, state.var2, need_ntk, state.scratch, self_pairs=state.self_pairs)
         return self._in_place_state(state, need_ntk, k, kdot)
+
+    def dual_inplace(self, c, q1, q2, derivative=True, scratch=None, self_pairs=False):
+        # The convolutional engine's states: the tile rule where the variances span the state (they do for its
+        # pair states), else ``dual``.
+        rule = self._paired_tile_rule()
+        if rule is None or torch.broadcast_shapes(q1.shape, q2.shape) != c.shape:
+            return self.dual(c, q1, q2, derivative)
+        return rule(c, q1, q2, derivative, scratch, self_pairs=self_pairs)
 
     def _paired_tile_rule(self):
         """``tile_rule`` of the class that defines this layer's ``dual``: a subclass's own ``dual`` runs as it is."""

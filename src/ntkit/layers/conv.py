@@ -20,7 +20,7 @@ from torch import nn
 
 from .._validation import check_nonnegative_float, check_positive_int
 from ..kernels.kernel import KernelState
-from ..kernels.scratch import empty
+from ..kernels.scratch import empty, out_buffer
 from ..kernels.spatial import diagonal_window_sum, input_covariance, window_sum
 from .base import Layer, Signature
 from .dense import PARAMETERIZATIONS
@@ -189,7 +189,8 @@ class _Conv(Layer):
         cov = input_covariance(patches1, patches2, state.form, aligned, state.scratch)  # box average of Σ⁽⁰⁾
         ntk = None
         if need_ntk and self.parameterization == "standard":
-            ntk = torch.mul(cov, state.width * math.prod(self.kernel_size), out=empty(state.scratch, cov.shape, cov))
+            ntk = torch.mul(cov, state.width * math.prod(self.kernel_size),
+                            out=out_buffer(state.scratch, cov.shape, cov, cov))
             ntk.add_(1.0)
         nngp = cov.mul_(self.w_std ** 2).add_(self.b_std ** 2)
         if need_ntk and ntk is None:
@@ -206,7 +207,7 @@ class _Conv(Layer):
         box_k = self._box(state.nngp, state, pads, 1.0 if standard else scale)
         ntk = None
         if standard:
-            ntk = torch.mul(box_k, state.width, out=empty(state.scratch, box_k.shape, box_k))
+            ntk = torch.mul(box_k, state.width, out=out_buffer(state.scratch, box_k.shape, box_k, box_k))
             ntk.add_(1.0)
             box_k.mul_(scale)
         nngp = box_k.add_(self.b_std ** 2)  # in place: the box sum is this rule's own tensor
