@@ -15,6 +15,8 @@ import weakref
 
 import torch
 
+from .cache import carries_derivatives
+
 __all__ = ["Scratch"]
 
 
@@ -52,8 +54,8 @@ def empty(scratch: Scratch | None, shape, like: torch.Tensor) -> torch.Tensor:
 
 
 def out_buffer(scratch: Scratch | None, shape, like: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor | None:
-    """A buffer for an op's ``out=`` argument, or None (the op allocates its result) when autograd records the op:
-    ops with ``out=`` cannot be differentiated."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    """A buffer for an op's ``out=`` argument, or None (the op allocates its result) when an input takes part in a
+    derivative (``cache.carries_derivatives``): ops with ``out=`` cannot be differentiated."""
+    if any(carries_derivatives(t) for t in inputs):
         return None
     return empty(scratch, shape, like)
