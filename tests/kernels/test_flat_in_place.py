@@ -40,11 +40,13 @@ def test_rectified_tile_equals_rectified_bitwise(dtype, slopes):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
-SMOOTH = [(dual.erf, dual_inplace.erf_tile_), (dual.gelu, dual_inplace.gelu_tile_)]
+SMOOTH = [(dual.erf, dual_inplace.erf_tile_), (dual.gelu, dual_inplace.gelu_tile_), (dual.sin, dual_inplace.sin_tile_),
+          (dual.cos, dual_inplace.cos_tile_)]
+SMOOTH_IDS = ["erf", "gelu", "sin", "cos"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=["erf", "gelu"])
+@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=SMOOTH_IDS)
 def test_smooth_tile_rules_equal_their_duals_bitwise(dtype, rule, tile_rule):
     """Zero and tiny variances, |c| beyond √q1·√q2 (clamped), within 4 ulps of it (snapped), and the tile without
     any of these (the CPU path that touches no entry)."""
@@ -64,7 +66,7 @@ def test_smooth_tile_rules_equal_their_duals_bitwise(dtype, rule, tile_rule):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [0.5, 40.0])
-@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=["erf", "gelu"])
+@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=SMOOTH_IDS)
 def test_smooth_tile_rules_snap_exactly_the_entries_their_duals_snap(dtype, scale, rule, tile_rule):
     """Tiles whose every |c| is b(1 − kε), k = 0 ... 24, next to the 4-ulp snap band (k < 4 snaps), with bounds b
     within 2x of each other, and one tile of all these k with b 100-fold apart. The CPU path skips the snap when
@@ -86,7 +88,7 @@ def test_smooth_tile_rules_snap_exactly_the_entries_their_duals_snap(dtype, scal
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=["erf", "gelu"])
+@pytest.mark.parametrize("rule, tile_rule", SMOOTH, ids=SMOOTH_IDS)
 def test_smooth_diagonal_tile_self_pairs_same_values(dtype, rule, tile_rule):
     """A symmetric kernel's diagonal tile (``self_pairs``: the diagonal is snapped on its own and left out of the
     reduction that decides the rest), with a near-duplicate pair off the diagonal and a zero-variance point."""
@@ -104,6 +106,25 @@ def test_smooth_diagonal_tile_self_pairs_same_values(dtype, rule, tile_rule):
             assert torch.equal(k, k_) and torch.equal(kdot, kdot_)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sin_and_cos_tiles_on_each_branch(dtype):
+    """sin and cos use expm1 where |c| <= 1 and two exponentials elsewhere; on a CPU a tile entirely on one side
+    skips the other branch. Tiles all below, all above and on both sides of 1: ``dual``'s values bitwise."""
+    g = torch.Generator().manual_seed(6)
+    q1 = torch.rand(9, 1, generator=g, dtype=dtype) * 4 + 2
+    q2 = torch.rand(1, 7, generator=g, dtype=dtype) * 4 + 2
+    rho = torch.rand(9, 7, generator=g, dtype=dtype) * 1.8 - 0.9
+    mixed = rho * q1.sqrt() * q2.sqrt()
+    above = torch.where(mixed.abs() > 1, mixed, torch.where(mixed < 0, -1.5, 1.5).to(dtype))
+    assert (mixed.abs() <= 1).any() and (mixed.abs() > 1).any() and (above.abs() > 1).all()
+    for c in (mixed.clamp(-0.99, 0.99), above, mixed):
+        for rule, tile_rule in ((dual.sin, dual_inplace.sin_tile_), (dual.cos, dual_inplace.cos_tile_)):
+            k, kdot = rule(c, q1, q2)
+            for avoid_sync in (False, True):
+                got = tile_rule(c.clone(), q1, q2, scratch=Scratch(), avoid_sync=avoid_sync)
+                assert torch.equal(k, got[0]) and torch.equal(kdot, got[1])
+
+
 def _out_of_place(monkeypatch):
     monkeypatch.setattr(evaluate, "carries_derivatives", lambda q: True)  # what inputs with derivatives get
 
@@ -115,7 +136,9 @@ def _out_of_place(monkeypatch):
     nk.Serial(nk.Dense(8, b_std=0.2), nk.Residual(nk.Serial(nk.Abs(), nk.Dense(8))), nk.ReLU(), nk.Dense(1)),
     nk.mlp(2, 8, activation="erf", b_std=0.1, parameterization="standard"),
     nk.mlp(2, 8, activation="gelu", w_std=1.5, b_std=0.1),
-], ids=["relu", "leaky", "residual", "erf-standard", "gelu"])
+    nk.mlp(2, 8, activation="sin", w_std=1.5, b_std=0.1),
+    nk.mlp(2, 8, activation="cos", b_std=0.1, parameterization="standard"),
+], ids=["relu", "leaky", "residual", "erf-standard", "gelu", "sin", "cos-standard"])
 def test_kernel_in_place_equals_out_of_place_bitwise(monkeypatch, dtype, arch):
     # Without the float64 recomputation of near-parallel float32 pairs (kernels/near_parallel.py), which only the
     # in-place side would apply here: the rules themselves are compared.

@@ -21,7 +21,7 @@ from .dual import _TWO_PI, NEAR_PARALLEL, _root, smallest_subnormal
 
 Tensor = torch.Tensor
 
-__all__ = ["rectified_", "rectified_tile_", "erf_tile_", "gelu_tile_"]
+__all__ = ["rectified_", "rectified_tile_", "erf_tile_", "gelu_tile_", "sin_tile_", "cos_tile_"]
 
 
 def _extremes(rho: Tensor, self_pairs: bool, edge: float) -> tuple[float, float]:
@@ -208,6 +208,62 @@ def gelu_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scrat
     if scratch is not None:
         scratch.give(t, atan, left, right, *spare, None if derivative else r)
     return k, kdot
+
+
+def sin_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratch=None,
+              avoid_sync: bool | None = None, self_pairs: bool = False):
+    """``sin`` on a tile: K = e^{-h} sinh c, K̇ = e^{-h} cosh c (``_hyperbolic_pair_``), bitwise ``dual.sin``."""
+    sinh, cosh = _hyperbolic_pair_(c, q1, q2, scratch, avoid_sync, self_pairs)
+    if not derivative and scratch is not None:
+        scratch.give(cosh)
+    return sinh, (cosh if derivative else None)
+
+
+def cos_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratch=None,
+              avoid_sync: bool | None = None, self_pairs: bool = False):
+    """``cos`` on a tile: K = e^{-h} cosh c, K̇ = e^{-h} sinh c (``_hyperbolic_pair_``), bitwise ``dual.cos``."""
+    sinh, cosh = _hyperbolic_pair_(c, q1, q2, scratch, avoid_sync, self_pairs)
+    if not derivative and scratch is not None:
+        scratch.give(sinh)
+    return cosh, (sinh if derivative else None)
+
+
+def _hyperbolic_pair_(c: Tensor, q1: Tensor, q2: Tensor, scratch, avoid_sync: bool | None, self_pairs: bool):
+    """``dual._hyperbolic_pair`` on a tile in six scratch buffers (``c`` is given back to the pool): bitwise the
+    same values. On a CPU one reduction of |c| says whether one of its two branches (|c| <= 1 by expm1, else by
+    the two exponentials) serves every entry, and the other is not computed."""
+    from .scratch import empty
+
+    cpu = c.device.type == "cpu" if avoid_sync is None else not avoid_sync
+    bound, size, slack, _ = _bounded_tile_(c, q1, q2, scratch, cpu, self_pairs)
+    root1, root2 = _root(q1), _root(q2)
+    near = torch.sub(root1, root2, out=bound).pow_(2).mul_(0.5).add_(slack).neg_().exp_()  # e^{|c| − h}
+    far = torch.add(root1, root2, out=empty(scratch, c.shape, c)).pow_(2).mul_(0.5)
+    far = torch.sub(slack, far, out=far).exp_()  # e^{−|c| − h}
+    low, high = (float(v) for v in torch.aminmax(size)) if cpu else (0.0, math.inf)
+    spare = [c, size, far]  # buffers free at the end (c's storage too: K is not written into it)
+    small = None
+    if not low > 1.0:  # some |c| <= 1 (or NaN): ½ e^{-(q1+q2)/2} (expm1(c) − expm1(−c)), c clamped to [−1, 1]
+        inner = torch.clamp(c, -1.0, 1.0, out=slack)
+        minus = torch.neg(inner, out=empty(scratch, c.shape, c)).expm1_()
+        small = torch.add(q1, q2, out=empty(scratch, c.shape, c)).mul_(-0.5).exp_().mul_(0.5)
+        small.mul_(inner.expm1_().sub_(minus))
+        spare.append(inner)
+        free = minus
+    else:
+        free = slack
+    if high <= 1.0:  # every |c| <= 1
+        sinh = small
+        spare.append(free)
+    else:  # ½ (near − far) with c's sign where |c| > 1
+        sinh = torch.sub(near, far, out=free).mul_(0.5).copysign_(c)
+        if small is not None:
+            sinh = torch.where(size <= 1.0, small, sinh, out=sinh)
+            spare.append(small)
+    cosh = near.add_(far).mul_(0.5)
+    if scratch is not None:
+        scratch.give(*spare)
+    return sinh, cosh
 
 
 def _bounded_tile_(c: Tensor, q1: Tensor, q2: Tensor, scratch, cpu: bool, self_pairs: bool):

@@ -308,6 +308,9 @@ class GELU(_ClosedForm):
 class Sin(_ClosedForm):
     """σ = sin."""
 
+    in_place_tile_cost = 6  # b (then e^{|c|−h}), |c|, b − |c|, e^{−|c|−h} and the expm1 branch's two (sin_tile_)
+    tile_rule = staticmethod(dual_inplace.sin_tile_)
+
     def __init__(self):
         super().__init__(torch.sin, "sin")
 
@@ -317,6 +320,9 @@ class Sin(_ClosedForm):
 
 class Cos(_ClosedForm):
     """σ = cos."""
+
+    in_place_tile_cost = 6  # as Sin's (kernels.dual_inplace.cos_tile_)
+    tile_rule = staticmethod(dual_inplace.cos_tile_)
 
     def __init__(self):
         super().__init__(torch.cos, "cos")
