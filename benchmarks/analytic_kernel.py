@@ -1,6 +1,6 @@
 """Infinite-width kernel speed: ``arch.kernel`` against a plain eager-torch recursion, side by side, on any device.
 
-Workload (issues 2 and 11): 3-hidden-layer ReLU MLP (``--activation erf`` / ``gelu``: erf, the exact GELU)
+Workload (issues 2 and 11): 3-hidden-layer ReLU MLP (``--activation erf`` / ``gelu`` / ``sin`` / ``cos``)
 (w_std = 1, b_std = 0.1), d = 64,
 float32, NNGP and NTK of x with itself, N = 1,000 and 4,000 (and 20,000 with ``--sizes``). The competitor is the
 same recursion written as one
@@ -15,7 +15,7 @@ pass, and the compiled pass (``fused=True``) once warm, each checked against the
 * peak memory of N = 20,000 with tiling (CPU), measured in a fresh subprocess (peak RSS above the baseline).
 
     .venv/bin/python benchmarks/analytic_kernel.py [--repeats 5] [--device cpu|cuda] [--sizes 1000 4000]
-                                                   [--activation relu|erf|gelu] [--skip-large]
+                                                   [--activation relu|erf|gelu|sin|cos] [--skip-large]
                                                    [--skip-first-call]
                                                    [--skip-fused]
 """
@@ -53,6 +53,15 @@ def eager_reference(x: torch.Tensor, hidden_layers: int = 3, w_std: float = 1.0,
             k = (2 / math.pi) * torch.atan2(2 * nngp, root)
             kdot = (4 / math.pi) / root
             q = (2 / math.pi) * torch.atan2(2 * q, torch.sqrt(1 + 4 * q))
+            nngp, q = w2 * k + b2, w2 * q + b2
+            ntk = nngp + w2 * ntk * kdot
+        return nngp, ntk
+    if activation in ("sin", "cos"):  # K = e^{-(q1+q2)/2} sinh c (sin) or cosh c (cos), K̇ the other one
+        for _ in range(hidden_layers):
+            decay = torch.exp(-(q[:, None] + q[None, :]) / 2)
+            sinh, cosh = decay * torch.sinh(nngp), decay * torch.cosh(nngp)
+            k, kdot = (sinh, cosh) if activation == "sin" else (cosh, sinh)
+            q = torch.exp(-q) * (torch.sinh(q) if activation == "sin" else torch.cosh(q))
             nngp, q = w2 * k + b2, w2 * q + b2
             ntk = nngp + w2 * ntk * kdot
         return nngp, ntk
@@ -133,7 +142,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
-    parser.add_argument("--activation", choices=["relu", "erf", "gelu"], default="relu")
+    parser.add_argument("--activation", choices=["relu", "erf", "gelu", "sin", "cos"], default="relu")
     parser.add_argument("--skip-large", action="store_true", help="skip the N = 20,000 memory probe (CPU)")
     parser.add_argument("--skip-first-call", action="store_true", help="skip the fresh-process first calls")
     parser.add_argument("--skip-fused", action="store_true",
