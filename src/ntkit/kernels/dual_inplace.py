@@ -214,18 +214,21 @@ def sin_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratc
               avoid_sync: bool | None = None, self_pairs: bool = False):
     """``sin`` on a tile: K = e^{-h} sinh c, K̇ = e^{-h} cosh c (``_hyperbolic_pair_``), bitwise ``dual.sin``."""
     sinh, cosh = _hyperbolic_pair_(c, q1, q2, scratch, avoid_sync, self_pairs)
-    if not derivative and scratch is not None:
-        scratch.give(cosh)
-    return sinh, (cosh if derivative else None)
+    return _with_derivative(sinh, cosh, derivative, scratch)
 
 
 def cos_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratch=None,
               avoid_sync: bool | None = None, self_pairs: bool = False):
     """``cos`` on a tile: K = e^{-h} cosh c, K̇ = e^{-h} sinh c (``_hyperbolic_pair_``), bitwise ``dual.cos``."""
     sinh, cosh = _hyperbolic_pair_(c, q1, q2, scratch, avoid_sync, self_pairs)
+    return _with_derivative(cosh, sinh, derivative, scratch)
+
+
+def _with_derivative(k: Tensor, kdot: Tensor, derivative: bool, scratch):
+    """(K, K̇), or (K, None) with K̇'s buffer given back to ``scratch``."""
     if not derivative and scratch is not None:
-        scratch.give(sinh)
-    return cosh, (sinh if derivative else None)
+        scratch.give(kdot)
+    return k, (kdot if derivative else None)
 
 
 def _hyperbolic_pair_(c: Tensor, q1: Tensor, q2: Tensor, scratch, avoid_sync: bool | None, self_pairs: bool):
