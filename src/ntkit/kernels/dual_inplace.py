@@ -168,7 +168,7 @@ def erf_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scratc
     from .scratch import empty
 
     cpu = c.device.type == "cpu" if avoid_sync is None else not avoid_sync
-    bound, size, slack, largest = _bounded_tile_(c, q1, q2, scratch, cpu, self_pairs)
+    bound, size, slack, largest, _ = _bounded_tile_(c, q1, q2, scratch, cpu, self_pairs)
     one = torch.ones((), dtype=c.dtype, device=c.device)
     base = torch.add(q1, q2, out=empty(scratch, c.shape, c))
     base = torch.add(one, base, alpha=2.0, out=base)  # 1 + 2(q1 + q2) (2·x is exact)
@@ -189,7 +189,7 @@ def gelu_tile_(c: Tensor, q1: Tensor, q2: Tensor, derivative: bool = True, scrat
     from .scratch import empty
 
     cpu = c.device.type == "cpu" if avoid_sync is None else not avoid_sync
-    bound, size, slack, largest = _bounded_tile_(c, q1, q2, scratch, cpu, self_pairs)
+    bound, size, slack, largest, _ = _bounded_tile_(c, q1, q2, scratch, cpu, self_pairs)
     base = torch.add(1.0 + q1, q2, out=empty(scratch, c.shape, c))  # 1 + q1 + q2
     root, (t, atan, r, *spare) = _scaled_root_(base, slack, bound, size, largest, 1.0, scratch)  # √S
     t = torch.div(c, root, out=t)
@@ -238,8 +238,7 @@ def _hyperbolic_pair_(c: Tensor, q1: Tensor, q2: Tensor, scratch, avoid_sync: bo
     from .scratch import empty
 
     cpu = c.device.type == "cpu" if avoid_sync is None else not avoid_sync
-    bound, size, slack, _ = _bounded_tile_(c, q1, q2, scratch, cpu, self_pairs)
-    root1, root2 = _root(q1), _root(q2)
+    bound, size, slack, _, (root1, root2) = _bounded_tile_(c, q1, q2, scratch, cpu, self_pairs)
     near = torch.sub(root1, root2, out=bound).pow_(2).mul_(0.5).add_(slack).neg_().exp_()  # e^{|c| − h}
     far = torch.add(root1, root2, out=empty(scratch, c.shape, c)).pow_(2).mul_(0.5)
     far = torch.sub(slack, far, out=far).exp_()  # e^{−|c| − h}
@@ -270,8 +269,9 @@ def _hyperbolic_pair_(c: Tensor, q1: Tensor, q2: Tensor, scratch, avoid_sync: bo
 
 
 def _bounded_tile_(c: Tensor, q1: Tensor, q2: Tensor, scratch, cpu: bool, self_pairs: bool):
-    """``dual._bounded`` on a tile, clamping and snapping ``c`` in place: (b, |c|, b − |c|, B), each tile-sized
-    from ``scratch``, and on a CPU B = the largest roots' product (>= every b: rounding is monotone), else inf."""
+    """``dual._bounded`` on a tile, clamping and snapping ``c`` in place: (b, |c|, b − |c|, B, (√q1, √q2)), the
+    first three tile-sized from ``scratch``, and on a CPU B = the largest roots' product (>= every b: rounding is
+    monotone), else inf."""
     from .scratch import empty
 
     root1, root2 = _root(q1), _root(q2)
@@ -281,12 +281,12 @@ def _bounded_tile_(c: Tensor, q1: Tensor, q2: Tensor, scratch, cpu: bool, self_p
     if cpu:
         largest = float(root1.max() * root2.max()) if root1.numel() and root2.numel() else 0.0
         _snap_few(c, size, torch.sub(bound, size, out=slack), bound, largest, self_pairs)
-        return bound, size, slack, largest
+        return bound, size, slack, largest, (root1, root2)
     snap = size > torch.mul(bound, 1.0 - 4.0 * torch.finfo(c.dtype).eps, out=slack)
     c.copy_(torch.where(snap, torch.copysign(bound, c), torch.maximum(torch.minimum(c, bound), -bound)))
     del snap
     torch.sub(bound, torch.abs(c, out=size), out=slack)
-    return bound, size, slack, math.inf
+    return bound, size, slack, math.inf, (root1, root2)
 
 
 def _scaled_root_(base: Tensor, slack: Tensor, bound: Tensor, size: Tensor, largest: float, factor: float,
