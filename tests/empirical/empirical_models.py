@@ -200,6 +200,50 @@ class UnusedHead(nn.Module):
         return self.body(torch.tanh(x))
 
 
+class LinearTail(nn.Module):
+    """A linear read-out tail (``ntkit.empirical.tail``): after the last nonlinearity a grouped Conv2d, a Conv2d
+    and two Linears with a flatten between them; their cotangents are the same for every sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, groups=2)
+        self.conv3 = nn.Conv2d(4, 3, 2, bias=False)
+        self.head1 = nn.Linear(27, 5)
+        self.head2 = nn.Linear(5, 3)
+
+    def forward(self, x):  # x (N, 2, 6, 6)
+        h = self.conv3(self.conv2(torch.tanh(self.conv1(x))))  # (N, 3, 3, 3)
+        return self.head2(self.head1(h.flatten(1)))
+
+
+class LineTail(nn.Module):
+    """A Conv1d with stride and padding in the linear tail (its patches are not an im2col view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(2, 3, 3)
+        self.conv2 = nn.Conv1d(3, 4, 2, stride=2, padding=1)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):  # x (N, 2, 8)
+        return self.head(self.conv2(torch.sin(self.conv1(x))).flatten(1))
+
+
+class InPlaceTail(nn.Module):
+    """ReLU(inplace=True) on a convolution's output before the flatten and Linear read-out: the tail is the Linear
+    alone, although its input is a view of the convolution's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, x):  # x (N, 2, 4, 4)
+        return self.head(self.relu(self.conv(x)).flatten(1))
+
+
 def transformer_model():
     """A batch-first TransformerEncoderLayer (multi-head attention reads its out_proj's weight directly, so the
     probe sends it to the Jacobian path; the feed-forward Linears and LayerNorms take the fast path)."""
@@ -266,6 +310,9 @@ ZOO = {
                        lambda n, s: torch.randn(n, 2, 4, 4, generator=seeded(s), dtype=DT)),
     "shared_layers": (lambda: _build(SharedLayers), lambda n, s: torch.randn(n, 2, 6, generator=seeded(s), dtype=DT)),
     "unused_head": (lambda: _build(UnusedHead), lambda n, s: torch.randn(n, 4, generator=seeded(s), dtype=DT)),
+    "linear_tail": (lambda: _build(LinearTail), lambda n, s: torch.randn(n, 2, 6, 6, generator=seeded(s), dtype=DT)),
+    "line_tail": (lambda: _build(LineTail), lambda n, s: torch.randn(n, 2, 8, generator=seeded(s), dtype=DT)),
+    "inplace_tail": (lambda: _build(InPlaceTail), lambda n, s: torch.randn(n, 2, 4, 4, generator=seeded(s), dtype=DT)),
     "transformer": (transformer_model, lambda n, s: torch.randn(n, 3, 8, generator=seeded(s), dtype=DT)),
 }
 

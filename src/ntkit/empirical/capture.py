@@ -15,6 +15,7 @@ import torch
 
 from .model_function import ModelFunction
 from .probe import FastLayer
+from .tail import Call, find_tail, tail_cotangents
 from .trees import batch_size
 
 __all__ = ["capture_layers", "capture_chunk", "EngineChooser", "preferred_engine", "ENGINES"]
@@ -26,35 +27,40 @@ ENGINES = ("autograd", "functorch")
 
 
 def _record(layers: list[FastLayer], clone_inputs: bool):
-    records = {id(layer.module): ([], []) for layer in layers}
+    """A forward hook that shifts every fast layer's output by a zero leaf δ, and the calls it records (in order)."""
+    layer_of = {id(layer.module): layer for layer in layers}
+    calls: list[Call] = []
 
     def hook(module, args, output):
-        inputs, deltas = records[id(module)]
-        a = args[0].detach()
-        inputs.append((a.clone() if clone_inputs else a, a._version))
+        a = args[0]
         delta = torch.zeros_like(output, requires_grad=True)
-        deltas.append(delta)
-        return output + delta
+        shifted = output + delta
+        tensors = {name: getattr(module, name) for name in (*module._parameters, *module._buffers)
+                   if getattr(module, name) is not None}
+        saved = a.detach().clone() if clone_inputs else a.detach()
+        calls.append(Call(layer_of[id(module)], a, saved, shifted, delta, a._version, shifted._version, tensors))
+        return shifted
 
-    return records, hook
+    return calls, hook
 
 
-def _cotangents(f: torch.Tensor, deltas: list[torch.Tensor]) -> list[torch.Tensor]:
-    """∂f_a/∂δ for every δ and output a, each as an (n, O, *δ.shape[1:]) view.
+def _cotangents(root: torch.Tensor, seeds: torch.Tensor, deltas: list[torch.Tensor]) -> list[torch.Tensor]:
+    """∂f_a/∂δ for every δ and output a, each as an (n, O, *δ.shape[1:]) view, by the backward pass from ``root``
+    (f, or the input of the linear tail) with the (O, *root.shape) cotangents ``seeds``.
 
-    One backward pass vmapped over the O unit cotangents (``is_grads_batched``), which on CPU is 1.5-2x faster
-    than O separate passes; if a backward formula cannot be batched, the O passes one by one.
+    One backward pass vmapped over the O cotangents (``is_grads_batched``), which on CPU is 1.5-2x faster than O
+    separate passes; if a backward formula cannot be batched, the O passes one by one.
     """
-    n, outputs = f.shape
+    outputs = seeds.shape[0]
     if not deltas:
         return []
-    if not f.requires_grad:  # no fast layer influences the output
+    n = deltas[0].shape[0]
+    if not root.requires_grad:  # no fast layer before ``root`` influences the output
         return [d.new_zeros(n, outputs, *d.shape[1:]) for d in deltas]
-    seeds = torch.eye(outputs, dtype=f.dtype, device=f.device)[:, None, :].expand(outputs, n, outputs)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*performance drop.*")
-            grads = torch.autograd.grad(f, deltas, seeds, retain_graph=True, allow_unused=True,
+            grads = torch.autograd.grad(root, deltas, seeds, retain_graph=True, allow_unused=True,
                                         is_grads_batched=True)
         return [torch.zeros(n, outputs, *d.shape[1:], dtype=d.dtype, device=d.device) if g is None
                 else g.transpose(0, 1) for g, d in zip(grads, deltas)]
@@ -62,9 +68,24 @@ def _cotangents(f: torch.Tensor, deltas: list[torch.Tensor]) -> list[torch.Tenso
         pass
     per_output = []
     for a in range(outputs):
-        grads = torch.autograd.grad(f, deltas, seeds[a], retain_graph=a < outputs - 1, allow_unused=True)
+        grads = torch.autograd.grad(root, deltas, seeds[a], retain_graph=a < outputs - 1, allow_unused=True)
         per_output.append([torch.zeros_like(d) if g is None else g for g, d in zip(grads, deltas)])
     return [torch.stack([row[k] for row in per_output], 1) for k in range(len(deltas))]
+
+
+def _all_cotangents(calls: list[Call], f: torch.Tensor) -> list[torch.Tensor]:
+    """The cotangents at every call's δ (``_cotangents``), the linear tail's from one sample (``tail.py``)."""
+    n, outputs = f.shape
+    tail = find_tail(calls, f, n)
+    shared = None if tail is None else tail_cotangents(*tail, f)
+    if shared is None:
+        seeds = torch.eye(outputs, dtype=f.dtype, device=f.device)[:, None, :].expand(outputs, n, outputs)
+        return _cotangents(f, seeds, [call.delta for call in calls])
+    (chain, u), (u_cotangents, chain_cotangents) = tail, shared
+    in_chain = {id(call): g.transpose(0, 1) for call, g in zip(chain, chain_cotangents)}
+    rest = [call for call in calls if id(call) not in in_chain]
+    found = dict(zip(map(id, rest), _cotangents(u, u_cotangents, [call.delta for call in rest])))
+    return [in_chain[id(call)] if id(call) in in_chain else found[id(call)] for call in calls]
 
 
 def _capture_by_functorch(fn: ModelFunction, layers: list[FastLayer], x):
@@ -123,7 +144,7 @@ def capture_layers(fn: ModelFunction, layers: list[FastLayer], x, engine: str = 
     if engine == "functorch" and layers:
         return _capture_by_functorch(fn, layers, x)
     for clone_inputs in (False, True):
-        records, hook = _record(layers, clone_inputs)
+        calls, hook = _record(layers, clone_inputs)
         handles = [layer.module.register_forward_hook(hook) for layer in layers]
         try:
             with torch.enable_grad():
@@ -133,23 +154,17 @@ def capture_layers(fn: ModelFunction, layers: list[FastLayer], x, engine: str = 
                 handle.remove()
         # A captured input modified in place later in the forward (x += ...) no longer holds what the layer saw:
         # capture again, copying inputs.
-        if clone_inputs or all(a._version == version for inputs, _ in records.values() for a, version in inputs):
+        if clone_inputs or all(call.input._version == call.input_version for call in calls):
             break
     for layer in layers:
-        calls = len(records[id(layer.module)][0])
-        if calls != len(layer.out_shapes):
-            raise RuntimeError(f"module {layer.name!r} ran {calls} time(s) on this batch but {len(layer.out_shapes)} "
+        count = sum(call.layer is layer for call in calls)
+        if count != len(layer.out_shapes):
+            raise RuntimeError(f"module {layer.name!r} ran {count} time(s) on this batch but {len(layer.out_shapes)} "
                                "time(s) when probed: its use depends on the data. Use method='jacobian'.")
-    all_deltas = [d for layer in layers for d in records[id(layer.module)][1]]
     with torch.enable_grad():
-        cots = _cotangents(f, all_deltas)
-    out, k = [], 0
-    for layer in layers:
-        inputs = [a for a, _ in records[id(layer.module)][0]]
-        calls = len(inputs)
-        out.append((inputs, cots[k:k + calls]))
-        k += calls
-    return out
+        cotangents = dict(zip(map(id, calls), _all_cotangents(calls, f)))
+    return [([call.saved_input for call in calls if call.layer is layer],
+             [cotangents[id(call)] for call in calls if call.layer is layer]) for layer in layers]
 
 
 def preferred_engine(device_kind: str) -> str:

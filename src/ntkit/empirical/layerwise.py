@@ -85,8 +85,13 @@ def _weight_gradient(cotangents: torch.Tensor, patches: torch.Tensor) -> torch.T
     The loop over outputs reads cotangents in the output-major order the batched backward pass produced and
     writes an output-major result (returned as a transposed view), so neither is copied.
     """
-    n, outputs, groups, channels, _ = cotangents.shape
+    n, outputs, groups, channels, positions = cotangents.shape
     patch = patches.shape[-1]
+    if cotangents.stride(0) == 0 and groups == 1:  # the same cotangents for every sample (``tail.py``)
+        # One (O·C, L) x (L, n·K) product; the patches' (n, L, K) im2col view is (L, n·K) without a copy.
+        shared = cotangents[0, :, 0].reshape(outputs * channels, positions)
+        jac = shared @ patches[:, 0].permute(1, 0, 2).reshape(positions, n * patch)
+        return jac.view(outputs, channels, n, patch).permute(2, 0, 1, 3).reshape(n, outputs, channels * patch)
     jac = torch.empty(outputs, n, groups, channels, patch, dtype=cotangents.dtype, device=cotangents.device)
     for a in range(outputs):
         if groups == 1:
