@@ -131,17 +131,18 @@ def test_data_dependent_calls_are_refused_clearly():
 
 
 def test_the_capture_engine_is_chosen_by_timing_on_cpus_and_fixed_on_gpus():
-    """CPU: the preferred engine (autograd) on the first chunk, torch.func on the second, then the faster per
+    """CPU: each engine timed on two chunks, alternating from the preferred one (autograd), then the faster per
     sample; CUDA: torch.func throughout (no timing, which would wait for the device); an engine that raised is not
     used again."""
     from ntkit.empirical.capture import EngineChooser, preferred_engine
 
     assert preferred_engine("cpu") == "autograd" and preferred_engine("cuda") == "functorch"
     cpu = EngineChooser("cpu")
-    assert cpu.next() == "autograd"
-    cpu.record("autograd", 2.0)
-    assert cpu.next() == "functorch"
-    cpu.record("functorch", 1.0)
+    trials = []
+    for seconds in (5.0, 9.0, 2.0, 1.0):  # each engine's first run includes its one-time set-up
+        trials.append(cpu.next())
+        cpu.record(trials[-1], seconds)
+    assert trials == ["autograd", "functorch", "autograd", "functorch"]
     assert cpu.next() == "functorch"
     cpu.record("functorch", 3.0)  # the best time per engine counts
     assert cpu.next() == "functorch"
@@ -153,6 +154,28 @@ def test_the_capture_engine_is_chosen_by_timing_on_cpus_and_fixed_on_gpus():
         gpu.record("functorch", 1.0)
     gpu.fail("functorch")
     assert gpu.next() == "autograd"
+
+
+def test_later_calls_on_a_model_reuse_the_engine_timings():
+    """Calls on the same model and key share the timings: once both engines were timed twice, a new call's first
+    chunk runs the faster one; another key starts afresh; the memory goes with the model."""
+    import gc
+
+    from ntkit.empirical.capture import _MEASURED, chooser_for
+
+    model = nn.Linear(2, 2)
+    for seconds in (2.0, 1.0):  # one call of two chunks, then another
+        first = chooser_for(model, ("cpu", 1), "cpu")
+        first.record(first.next(), 2 * seconds)  # autograd
+        first.record(first.next(), seconds)  # functorch
+    assert chooser_for(model, ("cpu", 1), "cpu").next() == "functorch"
+    assert chooser_for(model, ("cpu", 2), "cpu").next() == "autograd"
+    chooser_for(model, ("cpu", 1), "cpu").fail("functorch")
+    assert chooser_for(model, ("cpu", 1), "cpu").next() == "autograd"
+    before = len(_MEASURED)
+    del model, first
+    gc.collect()
+    assert len(_MEASURED) == before - 1
 
 
 def test_a_model_torch_func_cannot_capture_falls_back_to_autograd(monkeypatch):

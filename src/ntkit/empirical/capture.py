@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,7 +20,7 @@ from .probe import FastLayer
 from .tail import Call, find_tail, tail_cotangents
 from .trees import batch_size
 
-__all__ = ["capture_layers", "capture_chunk", "EngineChooser", "preferred_engine", "ENGINES"]
+__all__ = ["capture_layers", "capture_chunk", "EngineChooser", "chooser_for", "preferred_engine", "ENGINES"]
 
 # "autograd": torch.autograd.grad with is_grads_batched (a backward formula without a batching rule, such as a
 # convolution's, runs once per output and the results are stacked); "functorch": torch.func.vjp, vmapped over the
@@ -175,35 +177,65 @@ def preferred_engine(device_kind: str) -> str:
     return "functorch" if device_kind == "cuda" else "autograd"
 
 
+@dataclass
+class EngineTimings:
+    """What the chunks measured: per engine the best seconds per sample and how many chunks it ran; engines that
+    raised."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    runs: dict[str, int] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+
+
 class EngineChooser:
-    """Which capture engine runs each chunk of one ``empirical_ntk`` call.
+    """Which capture engine runs each chunk of ``empirical_ntk`` calls.
 
-    On a CPU the first chunk runs the preferred engine and the second the other, each timed per sample; later
-    chunks run the faster. On other devices the preferred engine runs throughout (timing there would make the host
-    wait for the device). An engine that raises is not used again in the call."""
+    On a CPU each engine is timed per sample on two chunks (the first run of an engine includes one-time costs:
+    oneDNN's and vmap's set-up), alternating from the preferred one; after that every chunk runs the faster. The
+    timings live as long as the model (``chooser_for``), so only the first call or two on a model spend chunks on
+    the slower engine. On other devices the preferred engine runs throughout (timing there would make the host wait
+    for the device). An engine that raised is not used again."""
 
-    def __init__(self, device_kind: str):
+    TRIALS = 2
+
+    def __init__(self, device_kind: str, timings: EngineTimings | None = None):
         self.preferred = preferred_engine(device_kind)
         self.explore = device_kind == "cpu"
-        self.seconds: dict[str, float] = {}  # engine -> best seconds per sample so far
-        self.failed: set[str] = set()
+        self.timings = timings if timings is not None else EngineTimings()
+
+    @property
+    def failed(self) -> set[str]:
+        return self.timings.failed
 
     def next(self) -> str:
         usable = [engine for engine in dict.fromkeys((self.preferred, *ENGINES)) if engine not in self.failed]
         if not usable:
             return "autograd"
-        if self.explore:
-            for engine in usable:
-                if engine not in self.seconds:
-                    return engine
-            return min(usable, key=lambda engine: self.seconds[engine])
-        return usable[0]
+        if not self.explore:
+            return usable[0]
+        runs = self.timings.runs
+        fewest = min(usable, key=lambda engine: runs.get(engine, 0))  # ties: the preferred engine first
+        if runs.get(fewest, 0) < self.TRIALS:
+            return fewest
+        return min(usable, key=lambda engine: self.timings.seconds[engine])
 
     def record(self, engine: str, seconds_per_sample: float) -> None:
-        self.seconds[engine] = min(self.seconds.get(engine, float("inf")), seconds_per_sample)
+        seconds, runs = self.timings.seconds, self.timings.runs
+        seconds[engine] = min(seconds.get(engine, float("inf")), seconds_per_sample)
+        runs[engine] = runs.get(engine, 0) + 1
 
     def fail(self, engine: str) -> None:
         self.failed.add(engine)
+
+
+_MEASURED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def chooser_for(model: torch.nn.Module, key: tuple, device_kind: str) -> EngineChooser:
+    """An ``EngineChooser`` that shares its timings with every call on ``model`` with the same ``key`` (device,
+    dtype, the fast layers' shapes), so repeated calls (the NTK tracked along training, benchmarks) stop trying
+    the slower engine once each has been timed twice. Held while the model lives, not longer."""
+    return EngineChooser(device_kind, _MEASURED.setdefault(model, {}).setdefault(key, EngineTimings()))
 
 
 def capture_chunk(chooser: EngineChooser, fn: ModelFunction, layers: list[FastLayer], x):

@@ -13,7 +13,7 @@ import math
 import torch
 
 from .._memory import format_bytes
-from .capture import EngineChooser, capture_chunk
+from .capture import capture_chunk, chooser_for
 from .features import add_share, finish_block, new_block
 from .jacobian import jacobian_features
 from .layerwise import LinearRule, choose_form
@@ -97,7 +97,9 @@ class LayerwiseMethod(_ContractingMethod):
 
     def __init__(self, fn, structure, mode, n1: int, n2: int):
         super().__init__(fn, structure, mode)
-        self.engines = EngineChooser(fn.device.type)  # the capture's autograd or torch.func engine, per chunk
+        # the capture's autograd or torch.func engine, per chunk, from what earlier calls on this model measured
+        shapes = tuple((layer.name, tuple(layer.in_shapes), tuple(layer.out_shapes)) for layer in structure.fast_layers)
+        self.engines = chooser_for(fn.model, (fn.device.type, fn.dtype, shapes), fn.device.type)
         self.forms = {}
         for layer in structure.fast_layers:
             if layer.rule.structured:
