@@ -8,10 +8,10 @@ import math
 import torch
 from torch.utils._pytree import tree_leaves
 
-from .blocks import assemble
+from .blocks import assemble, plan_blocks
 from .checks import (check_batch_size, check_max_memory, check_method, check_model, check_output, check_output_fn,
                      check_result_finite, compute_dtype, model_inputs, without_inference_tensors)
-from .features import slice_features
+from .features import merge_features, slice_features
 from .memory import Cost, memory_budget, plan_chunks
 from .methods import JacobianMethod, LayerwiseMethod, VectorProductMethod
 from .model_function import ModelFunction
@@ -116,20 +116,19 @@ def empirical_ntk(model, x1, x2=None, *, output: str = "full", method: str = "au
         chosen, plan = _choose_method(fn, structure, output, method, n1, n2, symmetric, output_bytes, budget,
                                       batch_size)
         sides = (x1, x1 if symmetric else x2)
-        chunk, block = plan.chunk, plan.chunk
-        if symmetric and plan.cache and chosen.name != "vector_products" and n1 >= 64 \
-                and n1 * n1 * chosen.pair_flops() >= _SPLIT_MIN_FLOPS:
-            # With every chunk's features kept, smaller blocks cost no recomputation, and only the blocks on
-            # and above the diagonal are contracted: 4 row blocks do 10/16 of the contraction's work.
-            block = min(chunk, -(-n1 // 4))
-            chunk -= chunk % block
+        kept = plan.cache and chosen.name != "vector_products"
+        # Merged blocks hold at most what a chunk's transient tensors held (freed once its features are formed).
+        cost = chosen.cost()
+        mergeable = max(1, cost.per_sample // max(cost.feature, 1)) if kept else 1
+        split = kept and n1 >= 64 and n1 * n1 * chosen.pair_flops() >= _SPLIT_MIN_FLOPS
+        chunk, block = plan_blocks(n1, n2, symmetric, plan.chunk, mergeable, split, outputs if output == "full" else 1)
         result = torch.empty(shape, dtype=fn.dtype, device=fn.device)
 
         def features(side, rows):
             return chosen.features(take(sides[side - 1], rows))
 
         assemble(n1, n2, symmetric, chunk, block, plan.cache, features, slice_features, chosen.contract, result,
-                 output, progress, f"empirical NTK ({chosen.name})")
+                 output, progress, f"empirical NTK ({chosen.name})", merge_features)
     return check_result_finite(result, "the empirical NTK")
 
 

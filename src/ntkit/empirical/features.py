@@ -29,7 +29,7 @@ import torch
 from .trees import take
 
 __all__ = ["GradFeature", "GramProduct", "PositionGram", "IndexGram", "new_block", "add_share", "finish_block",
-           "output_products", "slice_features", "feature_bytes"]
+           "output_products", "slice_features", "merge_features", "feature_bytes"]
 
 
 @dataclass
@@ -160,6 +160,12 @@ def slice_features(feats, rows: slice):
     if not isinstance(feats, list):
         return take(feats, rows)
     return [type(f)(*(t[rows] for t in vars(f).values())) for f in feats]
+
+
+def merge_features(parts: list[list]) -> list:
+    """Several chunks' features joined along the samples, feature by feature."""
+    return [type(group[0])(*(torch.cat(tensors, 0) for tensors in zip(*(vars(f).values() for f in group))))
+            for group in zip(*parts)]
 
 
 def feature_bytes(feature) -> int:
