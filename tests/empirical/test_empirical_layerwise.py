@@ -1,38 +1,14 @@
-"""The layerwise fast path's pieces: im2col patches, which modules it takes, and why it leaves others."""
+"""The layerwise fast path's pieces: which modules it takes, how it contracts them, and why it leaves others."""
 
 import pytest
 import torch
 from torch import nn
 
 import ntkit as nk
-from ntkit.empirical.layerwise import LayerDims, choose_form, conv_patches, find_rule
+from ntkit.empirical.layerwise import LayerDims, choose_form, find_rule
 from ntkit.empirical.methods import LayerwiseMethod
 from ntkit.empirical.model_function import ModelFunction
 from ntkit.empirical.probe import probe_model
-
-
-@pytest.mark.parametrize("conv", [
-    nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2),
-    nn.Conv1d(2, 2, 4, padding="same", padding_mode="replicate"),
-    nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
-    nn.Conv2d(3, 4, 3, padding="same", dilation=2, padding_mode="reflect"),
-    nn.Conv2d(3, 3, 2, padding="valid", groups=3),
-    nn.Conv3d(2, 4, (2, 3, 2), stride=(1, 2, 1), padding=(1, 1, 0), groups=2),
-    nn.Conv3d(2, 2, 3, padding=1, padding_mode="circular"),
-])
-def test_patches_reproduce_the_convolution(conv):
-    """Σ_k W_g[c, k] p_g(l)[k] + b = conv(x)[c, l] for every group, channel and position."""
-    conv = conv.double()
-    spatial = len(conv.kernel_size)
-    x = torch.randn(2, conv.in_channels, *([7] * spatial), generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
-    patches = conv_patches(conv, x)  # (n, G, L, K)
-    groups = conv.groups
-    weight = conv.weight.reshape(groups, conv.out_channels // groups, -1)  # (G, C, K)
-    out = torch.einsum("nglk,gck->ngcl", patches, weight).reshape(2, conv.out_channels, -1)
-    if conv.bias is not None:
-        out = out + conv.bias[None, :, None]
-    torch.testing.assert_close(out, conv(x).reshape(2, conv.out_channels, -1), rtol=1e-12, atol=1e-12)
 
 
 def test_rules_cover_the_known_modules_and_nothing_else():

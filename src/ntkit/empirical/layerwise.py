@@ -9,7 +9,8 @@ features of ``features.py``:
   per-sample weight gradient Σ_l g(l) [s·a(l), s_b]ᵀ as a ``GradFeature``.
 * ``nn.Conv1d/2d/3d`` (stride, padding of any mode, dilation, groups): the input patches (im2col) as positions;
   usually the per-sample gradient Σ_l g(l) p(l)ᵀ (n·O·L·C·K to form) beats the position Gram (n²·L²), and the
-  choice is made from both costs (``choose_form``).
+  choice is made from both costs (``choose_form``). The gradient is formed from the patches or by a grouped
+  backward-weight convolution, whichever ``convolutions.weight_gradient_form`` expects to be faster.
 * ``nn.Embedding`` (no max_norm / scale_grad_by_freq): an ``IndexGram`` of the ids, or the per-sample gradient
   scattered into (V, D) when that is cheaper; ``padding_idx`` receives no gradient.
 * affine parameters of ``nn.LayerNorm``, ``nn.GroupNorm`` and eval-mode ``nn.BatchNorm1d/2d/3d``
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.dense import DenseModule
+from .convolutions import conv_patches, direct_weight_gradient, weight_gradient_form
 from .features import GradFeature, GramProduct, IndexGram, PositionGram
 
 __all__ = ["LayerRule", "LayerDims", "find_rule", "choose_form", "RULES"]
@@ -170,44 +172,6 @@ class LinearRule(LayerRule):
         return feats
 
 
-def _conv_padding(module) -> tuple[list[int], str]:
-    """The F.pad list (last spatial axis first) and mode that reproduce the module's padding."""
-    spatial = len(module.kernel_size)
-    if isinstance(module.padding, str):
-        pairs = []
-        for k, d in zip(module.kernel_size, module.dilation):
-            total = 0 if module.padding == "valid" else d * (k - 1)
-            pairs.append((total // 2, total - total // 2))  # torch's "same": the extra pixel on the right
-    else:
-        pairs = [(p, p) for p in module.padding]
-    pad = [v for pair in reversed(pairs[:spatial]) for v in pair]
-    return pad, "constant" if module.padding_mode == "zeros" else module.padding_mode
-
-
-def conv_patches(module, x: torch.Tensor) -> torch.Tensor:
-    """im2col for Conv1d/2d/3d: (n, C_in, *S) -> (n, G, L, (C_in/G)·Πk), patch order (channel, k_1, ..., k_d)."""
-    pad, mode = _conv_padding(module)
-    if any(pad):
-        x = F.pad(x, pad, mode=mode)
-    n, channels = x.shape[:2]
-    groups = module.groups
-    if len(module.kernel_size) == 2:
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, stride=module.stride)  # (n, C·k², L)
-        return cols.view(n, groups, -1, cols.shape[-1]).transpose(2, 3)
-    windows = x
-    for axis, (k, s, d) in enumerate(zip(module.kernel_size, module.stride, module.dilation)):
-        windows = windows.unfold(2 + axis, d * (k - 1) + 1, s)
-        if d > 1:
-            windows = windows[..., ::d]
-    spatial = len(module.kernel_size)
-    # (n, C, *out, *k) -> (n, G, *out, C/G, *k)
-    windows = windows.reshape(n, groups, channels // groups, *windows.shape[2:])
-    order = [0, 1, *range(3, 3 + spatial), 2, *range(3 + spatial, 3 + 2 * spatial)]
-    windows = windows.permute(order)
-    positions = math.prod(windows.shape[2:2 + spatial])
-    return windows.reshape(n, groups, positions, -1)
-
-
 class ConvRule(LayerRule):
     module_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -227,8 +191,14 @@ class ConvRule(LayerRule):
             return [PositionGram(patches, _cat([g.transpose(3, 4) for g in cots], 3))]
         feats = []
         if "weight" in roles:
-            feats.append(GradFeature(_sum_calls([_weight_gradient(g, conv_patches(module, a))
-                                                 for a, g in zip(inputs, cots)])))
+            grads = []
+            for a, g, full in zip(inputs, cots, cotangents):
+                # Cotangents shared by every sample (``tail.py``) take _weight_gradient's one product.
+                if g.stride(0) != 0 and weight_gradient_form(a.device.type, a.dtype, module, g.shape[-1]) == "direct":
+                    grads.append(direct_weight_gradient(module, a, full))
+                else:
+                    grads.append(_weight_gradient(g, conv_patches(module, a)))
+            feats.append(GradFeature(_sum_calls(grads)))
         if "bias" in roles:
             feats.append(GradFeature(_sum_calls([g.sum(-1).reshape(g.shape[0], g.shape[1], -1) for g in cots])))
         return feats
