@@ -90,6 +90,24 @@ def test_shared_cotangents_equal_the_batched_backward_pass(name):
         assert (g.stride(0) == 0) == any(call is c for c in chain)
 
 
+@pytest.mark.parametrize("outputs, shared", [(1, False), (100, True)])
+def test_tails_are_shared_where_they_save_enough(outputs, shared, monkeypatch):
+    """By default (``MIN_SAVED_FLOPS``) a tail is shared only where the batched backward pass through it costs
+    more than the replay's overhead: a Linear(512, O) read-out of 256 samples costs 131,072·O multiply-adds."""
+    from ntkit.empirical import capture
+    from ntkit.empirical.tail import MIN_SAVED_FLOPS, batched_backward_flops
+
+    monkeypatch.setattr(capture, "MIN_SAVED_FLOPS", MIN_SAVED_FLOPS)
+    model = nn.Sequential(nn.Linear(8, 512), nn.Tanh(), nn.Linear(512, outputs)).to(DT)
+    calls, f = _capture(model, torch.randn(256, 8, dtype=DT))
+    chain = find_tail(calls, f, 256)[0]
+    assert batched_backward_flops(chain, outputs) == 256 * 512 * outputs * outputs
+    replayed = []
+    monkeypatch.setattr(capture, "tail_cotangents", lambda *args: replayed.append(args) or tail_cotangents(*args))
+    _all_cotangents(calls, f)
+    assert bool(replayed) == shared
+
+
 def test_a_replay_that_differs_from_the_forward_pass_is_not_used():
     """If replaying the tail on one sample does not give the model's first output row (here: the replay is handed
     another weight), the shared cotangents are refused and the caller runs the full backward pass."""

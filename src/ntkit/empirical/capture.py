@@ -17,7 +17,7 @@ import torch
 
 from .model_function import ModelFunction
 from .probe import FastLayer
-from .tail import Call, find_tail, tail_cotangents
+from .tail import MIN_SAVED_FLOPS, Call, batched_backward_flops, find_tail, tail_cotangents
 from .trees import batch_size
 
 __all__ = ["capture_layers", "capture_chunk", "EngineChooser", "chooser_for", "preferred_engine", "ENGINES"]
@@ -79,6 +79,8 @@ def _all_cotangents(calls: list[Call], f: torch.Tensor) -> list[torch.Tensor]:
     """The cotangents at every call's δ (``_cotangents``), the linear tail's from one sample (``tail.py``)."""
     n, outputs = f.shape
     tail = find_tail(calls, f, n)
+    if tail is not None and batched_backward_flops(tail[0], outputs) < MIN_SAVED_FLOPS:
+        tail = None
     shared = None if tail is None else tail_cotangents(*tail, f)
     if shared is None:
         seeds = torch.eye(outputs, dtype=f.dtype, device=f.device)[:, None, :].expand(outputs, n, outputs)

@@ -26,7 +26,11 @@ from torch.func import functional_call
 from .layerwise import ConvRule, LinearRule
 from .probe import FastLayer
 
-__all__ = ["Call", "find_tail", "tail_cotangents"]
+__all__ = ["Call", "find_tail", "tail_cotangents", "batched_backward_flops", "MIN_SAVED_FLOPS"]
+
+# The replay on one sample costs ~1 ms of dispatch (measured: 0.8 ms for an MLP's Linear read-out); below this
+# many multiply-adds of batched backward pass saved, the full backward pass is taken.
+MIN_SAVED_FLOPS = 1e8
 
 
 @dataclass
@@ -66,6 +70,16 @@ def find_tail(calls: list[Call], f: torch.Tensor, n: int) -> tuple[list[Call], t
         chain.append(call)
         current = call.input
     return (chain, current) if chain else None
+
+
+def batched_backward_flops(chain: list[Call], outputs: int) -> int:
+    """Multiply-adds of the tail's input gradients in the batched backward pass (what sharing saves): for each
+    layer, O · n · (output elements per sample) · (weights per output channel)."""
+    total = 0
+    for call in chain:
+        weight = call.tensors["weight"]
+        total += outputs * call.output.numel() * (weight.numel() // weight.shape[0])
+    return total
 
 
 def tail_cotangents(chain: list[Call], u: torch.Tensor, f: torch.Tensor):
