@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from empirical_models import DT, ZOO, zoo_case
-from ntkit.empirical.capture import _all_cotangents, _cotangents, _record
+from ntkit.empirical.capture import _all_cotangents, _cotangents, recorded_forward
 from ntkit.empirical.layerwise import _weight_gradient, conv_patches
 from ntkit.empirical.model_function import ModelFunction
 from ntkit.empirical.probe import probe_model
@@ -44,16 +44,7 @@ class ScaledOutput(nn.Module):
 def _capture(model, x):
     """The recorded calls and the output of one capture forward pass."""
     fn = ModelFunction(model, DT, x.device)
-    structure = probe_model(fn, x)
-    calls, hook = _record(structure.fast_layers, clone_inputs=False)
-    handles = [layer.module.register_forward_hook(hook) for layer in structure.fast_layers]
-    try:
-        with torch.enable_grad():
-            f = fn(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return calls, f
+    return recorded_forward(fn, probe_model(fn, x).fast_layers, x)
 
 
 @pytest.mark.parametrize("model, x, expected", [

@@ -46,6 +46,20 @@ def _record(layers: list[FastLayer], clone_inputs: bool):
     return calls, hook
 
 
+def recorded_forward(fn: ModelFunction, layers: list[FastLayer], x, clone_inputs: bool = False):
+    """(the fast layers' calls, f): one forward pass of ``fn`` on ``x`` with every fast layer's output shifted
+    by its δ (``_record``)."""
+    calls, hook = _record(layers, clone_inputs)
+    handles = [layer.module.register_forward_hook(hook) for layer in layers]
+    try:
+        with torch.enable_grad():
+            f = fn(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls, f
+
+
 def _cotangents(root: torch.Tensor, seeds: torch.Tensor, deltas: list[torch.Tensor]) -> list[torch.Tensor]:
     """∂f_a/∂δ for every δ and output a, each as an (n, O, *δ.shape[1:]) view, by the backward pass from ``root``
     (f, or the input of the linear tail) with the (O, *root.shape) cotangents ``seeds``.
@@ -148,14 +162,7 @@ def capture_layers(fn: ModelFunction, layers: list[FastLayer], x, engine: str = 
     if engine == "functorch" and layers:
         return _capture_by_functorch(fn, layers, x)
     for clone_inputs in (False, True):
-        calls, hook = _record(layers, clone_inputs)
-        handles = [layer.module.register_forward_hook(hook) for layer in layers]
-        try:
-            with torch.enable_grad():
-                f = fn(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        calls, f = recorded_forward(fn, layers, x, clone_inputs)
         # A captured input modified in place later in the forward (x += ...) no longer holds what the layer saw:
         # capture again, copying inputs.
         if clone_inputs or all(call.input._version == call.input_version for call in calls):
