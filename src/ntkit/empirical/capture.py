@@ -3,7 +3,9 @@
 Each fast module's output z is replaced by z + δ with δ a zero leaf tensor; then ∂f_a/∂δ = ∂f_a/∂z for every
 sample at once (samples are independent, which ``probe.py`` checked), one backward pass per output a. Taking
 gradients with respect to δ rather than z keeps them right when the model later modifies z in place
-(``ReLU(inplace=True)``). No parameter gradient is formed: the parameters are detached constants here.
+(``ReLU(inplace=True)``). No parameter gradient is formed: the parameters are detached constants here. Where the
+output is reached through a linear read-out tail (``tail.py``), the tail's cotangents come from one sample and the
+batched pass starts at the tail's input.
 """
 
 from __future__ import annotations
