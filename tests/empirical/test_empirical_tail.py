@@ -123,3 +123,12 @@ def test_weight_gradient_of_shared_cotangents_is_the_per_sample_product(conv):
     patches = conv_patches(conv, x)
     torch.testing.assert_close(_weight_gradient(shared, patches), _weight_gradient(shared.contiguous(), patches),
                                rtol=1e-12, atol=1e-12)
+
+
+def test_weight_gradient_of_shared_cotangents_at_positions_of_a_linear_layer():
+    """The same for a Linear applied at L positions (as ``LinearRule`` passes it: one group, contiguous patches)."""
+    g = torch.Generator().manual_seed(1)
+    patches = torch.randn(4, 1, 6, 3, generator=g, dtype=DT)  # (n, G, L, K)
+    shared = torch.randn(1, 2, 1, 5, 6, generator=g, dtype=DT).expand(4, -1, -1, -1, -1)  # (n, O, G, C, L)
+    torch.testing.assert_close(_weight_gradient(shared, patches), _weight_gradient(shared.contiguous(), patches),
+                               rtol=1e-12, atol=1e-12)

@@ -5,9 +5,9 @@
 f_cols)`` a block in the public layout. Features are computed per ``chunk`` of samples; blocks are ``block``
 samples on a side: a divisor of the chunk, so that with x2 None the work above the diagonal can be tiled finely
 without recomputing features, or, when every chunk's features are kept, a multiple of it, so that small chunks
-are contracted in products large enough to be bound by arithmetic rather than by reading the features. A block below the
-diagonal is the transpose Θ(x', x)_{ba} = Θ(x, x')_{ab}; diagonal blocks are made exactly symmetric (their two
-halves come from different summation orders).
+are contracted in products large enough to be bound by arithmetic rather than by reading the features. A block
+below the diagonal is the transpose Θ(x', x)_{ba} = Θ(x, x')_{ab}; diagonal blocks are made exactly symmetric
+(their two halves come from different summation orders).
 """
 
 from __future__ import annotations
