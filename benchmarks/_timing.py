@@ -12,6 +12,14 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(fn, device):
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
 def median_time(fn, repeats: int, device="cpu"):
     """(median wall-clock seconds over ``repeats`` calls of ``fn``, the last call's result).
 
@@ -20,12 +28,26 @@ def median_time(fn, repeats: int, device="cpu"):
     """
     durations, result = [], None
     for _ in range(max(repeats, 1)):
-        synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        durations.append(time.perf_counter() - start)
+        seconds, result = _timed(fn, device)
+        durations.append(seconds)
     return statistics.median(durations), result
+
+
+def interleaved_times(ours, theirs, repeats: int, competitor_repeats: int, device="cpu"):
+    """Both sides timed in alternation, so that a machine whose speed drifts during the run (a shared CPU) slows
+    both alike: (our median seconds, their median seconds, the median of the per-round ratios theirs/ours, our
+    last result, their last result). Rounds run ``ours`` then ``theirs`` until each has run its count."""
+    ours_s, theirs_s, ratios, ours_result, theirs_result = [], [], [], None, None
+    for round_ in range(max(repeats, competitor_repeats, 1)):
+        if round_ < max(repeats, 1):
+            seconds, ours_result = _timed(ours, device)
+            ours_s.append(seconds)
+        if round_ < competitor_repeats:
+            seconds, theirs_result = _timed(theirs, device)
+            theirs_s.append(seconds)
+            ratios.append(seconds / ours_s[-1])
+    return (statistics.median(ours_s), statistics.median(theirs_s), statistics.median(ratios), ours_result,
+            theirs_result)
 
 
 def device_description(device) -> str:

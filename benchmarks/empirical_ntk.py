@@ -13,7 +13,9 @@ sizes too: the CNN at N = 256, torchvision's ResNet-18 (written out here, eval m
 256 (trace), and MLPs of width 512 and 2048 at N = 1,024. ntkit is called as a user would, with x2=None; the
 tutorial as written, with x1 = x2 = x (it computes both Jacobians).
 
-Timings are medians over repeats after a warm-up on 4 points. Peak memory is measured in a fresh process per
+Timings are medians over repeats after a warm-up on 4 points; the two sides run in alternation (ntkit, tutorial,
+ntkit, ...), and the speed-up is the median of the per-round ratios, so that a shared machine whose speed drifts
+during the run slows both sides alike. Peak memory is measured in a fresh process per
 workload and implementation (this script with --memory-of), started with MALLOC_MMAP_THRESHOLD_=65536 so that
 freed tensors go back to the system: the rise of the peak resident set (VmHWM, reset through
 /proc/self/clear_refs) over one run, after the warm-up. Timings on a shared CPU are noisy.
@@ -21,7 +23,7 @@ freed tensors go back to the system: the rise of the peak resident set (VmHWM, r
 On CUDA (``--device cuda``) both run on the GPU, timings wait for the device, and peak memory is the rise of
 torch's peak allocated GPU memory over one run, in this process.
 
-    .venv/bin/python benchmarks/empirical_ntk.py [--repeats 5] [--competitor-repeats 3] [--skip-slow]
+    .venv/bin/python benchmarks/empirical_ntk.py [--repeats 5] [--competitor-repeats 5] [--skip-slow]
                                                  [--large | --no-large]
                                                  [--device cpu|cuda]
 """
@@ -39,7 +41,7 @@ from torch.func import functional_call, jacrev, vmap
 
 import ntkit as nk
 from ntkit._memory import available_bytes
-from _timing import device_description, median_time, synchronize
+from _timing import device_description, interleaved_times, median_time, synchronize
 
 
 # ----- the competitor: the tutorial's Jacobian contraction -------------------------------------------------------
@@ -218,7 +220,7 @@ def tutorial_bytes(model: nn.Module, n: int, outputs: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of ntkit per case")
-    parser.add_argument("--competitor-repeats", type=int, default=3, help="timed runs of the tutorial per case")
+    parser.add_argument("--competitor-repeats", type=int, default=5, help="timed runs of the tutorial per case")
     parser.add_argument("--skip-slow", action="store_true", help="skip the tutorial on MLP O=10 (about a minute "
                                                                     "per run and 11 GiB)")
     parser.add_argument("--device", default="cpu")
@@ -240,19 +242,20 @@ def main() -> None:
             outputs = model(x[:1]).numel()
         ours, theirs = _implementation("ntkit", model, output), _implementation("tutorial", model, output)
         ours(x[:4])  # warm-up (first-call overheads of torch.func, allocator)
-        ours_s, ours_k = median_time(lambda: ours(x), args.repeats, device)
-        ours_mib = _memory(index, "ntkit", lambda: ours(x), device)
         need = tutorial_bytes(model, x.shape[0], outputs)
-        theirs_s = theirs_mib = rel_diff = None
+        theirs_s = theirs_mib = rel_diff = speedup = None
         note = ""
         if run_competitor and need * 1.3 < available_bytes(device):
             theirs(x[:4])  # warm-up
-            theirs_s, theirs_k = median_time(lambda: theirs(x), args.competitor_repeats, device)
+            ours_s, theirs_s, speedup, ours_k, theirs_k = interleaved_times(
+                lambda: ours(x), lambda: theirs(x), args.repeats, args.competitor_repeats, device)
             theirs_mib = _memory(index, "tutorial", lambda: theirs(x), device)
             rel_diff = float((ours_k - theirs_k).abs().max() / theirs_k.abs().max())
         else:
+            ours_s, ours_k = median_time(lambda: ours(x), args.repeats, device)
             note = f"tutorial not run (its Jacobians alone: {need / 2 ** 30:.1f} GiB)"
-        rows.append((name, ours_s, theirs_s, ours_mib, theirs_mib, rel_diff, note))
+        ours_mib = _memory(index, "ntkit", lambda: ours(x), device)
+        rows.append((name, ours_s, theirs_s, speedup, ours_mib, theirs_mib, rel_diff, note))
         print(f"  {name}: ntkit {ours_s * 1e3:.1f} ms" + (f", tutorial {theirs_s * 1e3:.1f} ms" if theirs_s else
                                                            f"; {note}"), flush=True)
 
@@ -260,8 +263,8 @@ def main() -> None:
     print("| workload | ntkit (ms) | tutorial vmap(jacrev)+einsum (ms) | speed-up | ntkit peak (MiB) | "
           "tutorial peak (MiB) | max rel. difference |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, ours_s, theirs_s, ours_mib, theirs_mib, rel_diff, note in rows:
-        speedup = f"{theirs_s / ours_s:.1f}x" if theirs_s else "n/a"
+    for name, ours_s, theirs_s, speedup, ours_mib, theirs_mib, rel_diff, note in rows:
+        speedup = f"{speedup:.1f}x" if speedup else "n/a"
         theirs_cell = f"{theirs_s * 1e3:.1f}" if theirs_s else note
         print(f"| {name} | {ours_s * 1e3:.1f} | {theirs_cell} | {speedup} | {_cell(ours_mib, '.0f')} | "
               f"{_cell(theirs_mib, '.0f')} | {_cell(rel_diff, '.1e')} |")
